@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Extracts 80-bin fbank for ``{prefix}_cuts_{part}_raw.jsonl.gz`` -> ``{prefix}_cuts_{part}.jsonl.gz``."""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from lhotse import load_manifest_lazy
+
+from nnaqat.data.features import compute_fbank
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--src-dir", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--parts", nargs="+", required=True)
+    parser.add_argument("--speed-perturb", type=float, nargs="*", default=[], help="extra speeds for the train part")
+    parser.add_argument("--train-part", default="train")
+    parser.add_argument("--num-jobs", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for part in args.parts:
+        out = args.output_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+        if out.is_file():
+            logging.info("%s exists, skipping", out)
+            continue
+        cuts = load_manifest_lazy(args.src_dir / f"{args.prefix}_cuts_{part}_raw.jsonl.gz").to_eager()
+        speeds = args.speed_perturb if part == args.train_part else []
+        logging.info("%s: %d cuts, speeds %s", part, len(cuts), [1.0] + list(speeds))
+        with_feats = compute_fbank(cuts, args.output_dir / f"{args.prefix}_feats_{part}", speeds, args.num_jobs)
+        tmp = out.with_name(f".{out.name}")
+        with_feats.to_file(tmp)
+        tmp.replace(out)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    main()

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Decodes test sets (lhotse cut manifests) or wav files; writes icefall-style result files.
+
+  local/decode.py --exp-dir exp/fp32 --epoch 10 --avg 3 --bpe-model data/lang_bpe_32/bpe.model \\
+      --method modified_beam_search --beam-size 4 --cuts test=data/fbank/fsdd_cuts_test.jsonl.gz
+  local/decode.py --checkpoint exp/fp32/epoch-10.pt --bpe-model ... --wavs a.wav b.wav
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from lhotse import load_manifest_lazy
+
+from nnaqat.checkpoint import epoch_checkpoints, load_model
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
+from nnaqat.decode.wer import write_error_stats, write_recogs
+
+
+def get_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp-dir", type=Path, required=True)
+    parser.add_argument("--epoch", type=int, help="decode epoch-N.pt (averaged with --avg)")
+    parser.add_argument("--avg", type=int, default=1)
+    parser.add_argument("--checkpoint", type=Path, help="decode this checkpoint instead of --epoch/--avg")
+    parser.add_argument("--bpe-model", type=Path, required=True)
+    parser.add_argument("--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"])
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--max-duration", type=float, default=300.0)
+    parser.add_argument("--cuts", nargs="*", default=[], help="NAME=manifest.jsonl.gz (features or audio)")
+    parser.add_argument("--wavs", nargs="*", default=[], type=Path, help="wav files (any sample rate)")
+    parser.add_argument("--num-threads", type=int, default=0)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = get_args()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if args.checkpoint:
+        paths, suffix = [args.checkpoint], args.checkpoint.stem
+    elif args.epoch:
+        paths, suffix = epoch_checkpoints(args.exp_dir, args.epoch, args.avg), f"epoch-{args.epoch}-avg-{args.avg}"
+    else:
+        raise SystemExit("give --epoch (and --avg) or --checkpoint")
+    if args.method == "modified_beam_search":
+        suffix += f"-beam-{args.beam_size}"
+    model = load_model(paths)
+    tokenizer = Tokenizer(args.bpe_model)
+    out_dir = args.exp_dir / args.method
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    test_sets = [(spec.split("=", 1)[0], load_manifest_lazy(spec.split("=", 1)[1])) for spec in args.cuts]
+    if args.wavs:
+        test_sets.append(("wavs", cuts_from_wavs(args.wavs)))
+    if not test_sets:
+        raise SystemExit("nothing to decode: give --cuts NAME=manifest and/or --wavs")
+    for name, cuts in test_sets:
+        results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration)
+        write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
+        if name == "wavs":
+            for cut_id, _, hyp in sorted(results):
+                print(f"{cut_id}\t{' '.join(hyp)}")
+            continue
+        stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
+        (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{args.method}\t{stats.wer:.2f}\n")
+        logging.info("%s %s %s: WER %.2f%% (%d/%d)", name, args.method, suffix, stats.wer, stats.errors, stats.words)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    main()

@@ -1,0 +1,1 @@
+"""Data: corpus preparers, features, tokens and lhotse data loaders."""

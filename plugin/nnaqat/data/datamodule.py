@@ -1,0 +1,155 @@
+"""Lhotse data loading for transducer training and decoding."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, K2SpeechRecognitionDataset, SimpleCutSampler, SpecAugment
+from torch.utils.data import DataLoader
+
+from nnaqat.data.features import LOG_ENERGY_FLOOR
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.models.encoder import MIN_INPUT_FRAMES, subsampled_length
+
+
+@dataclass
+class AugmentConfig:
+    """Feature-domain augmentation applied to training batches."""
+
+    spec_augment: bool = True
+    gain_db: float = 0.0  # random gain in +-gain_db, applied exactly in the log-mel domain
+
+
+class RandomGain:
+    """Volume perturbation computed on log-mel features instead of audio.
+
+    Fbank returns ``log(max(E, eps))``; scaling audio by ``a`` gives ``log(max(a^2 E, eps))``,
+    i.e. ``max(x + 2 log a, floor)`` for every un-floored entry, while digital silence stays at
+    the floor. That is exactly lhotse's ``perturb_volume`` without re-extracting features.
+    """
+
+    def __init__(self, max_db: float) -> None:
+        self.max_db = max_db
+
+    def __call__(self, features: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``features (N, T, F)`` -> same shape; one gain per utterance."""
+        db = (torch.rand(features.size(0), 1, 1) * 2 - 1) * self.max_db
+        offset = db * (torch.log(torch.tensor(10.0)) / 10.0)  # 10^(dB/10) energy ratio, in nats
+        floored = features <= LOG_ENERGY_FLOOR + 1e-4
+        return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
+
+
+def transducer_frames_ok(num_frames: int, num_tokens: int) -> bool:
+    """The pruned loss needs at least one encoder frame per token."""
+    return num_frames >= MIN_INPUT_FRAMES and subsampled_length(num_frames) >= num_tokens
+
+
+def filter_trainable(cuts: CutSet, tokenizer: Tokenizer) -> Tuple[CutSet, List[str]]:
+    """Drops cuts too short for their transcript; returns the kept cuts and the dropped ids.
+
+    Empty or unencodable transcripts raise ValueError naming the utterance: they are data
+    errors to fix, not utterances to skip silently.
+    """
+    kept, dropped = [], []
+    for cut in cuts:
+        num_tokens = sum(len(tokenizer.encode(s.text, cut.id)) for s in cut.supervisions)
+        (kept if transducer_frames_ok(cut.num_frames, num_tokens) else dropped).append(cut)
+    if dropped:
+        logging.warning("dropped %d cut(s) too short for their transcript: %s", len(dropped), [c.id for c in dropped[:10]])
+    return CutSet.from_cuts(kept), [c.id for c in dropped]
+
+
+def train_dataloader(
+    cuts: CutSet,
+    max_duration: float,
+    augment: AugmentConfig,
+    seed: int,
+    world_size: int = 1,
+    rank: int = 0,
+    num_buckets: int = 10,
+) -> DataLoader:
+    """Shuffled, duration-bucketed batches; augmentation runs in the main process so that a
+    per-batch seed makes resumed runs see the same augmentation."""
+    transforms: List[Callable] = []
+    if augment.gain_db > 0:
+        transforms.append(RandomGain(augment.gain_db))
+    if augment.spec_augment:
+        transforms.append(
+            SpecAugment(
+                time_warp_factor=20,
+                num_frame_masks=2,
+                frames_mask_size=20,
+                features_mask_size=15,
+                num_feature_masks=2,
+            )
+        )
+    dataset = K2SpeechRecognitionDataset(input_transforms=transforms, return_cuts=True)
+    sampler = DynamicBucketingSampler(
+        cuts,
+        max_duration=max_duration,
+        shuffle=True,
+        num_buckets=num_buckets,
+        seed=seed,
+        world_size=world_size,
+        rank=rank,
+        # DDP ranks must see equally many batches; a single process keeps every cut.
+        drop_last=world_size > 1,
+    )
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+def eval_dataloader(cuts: CutSet, max_duration: float) -> DataLoader:
+    """Batches in manifest order, no augmentation."""
+    dataset = K2SpeechRecognitionDataset(return_cuts=True)
+    sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+def batch_texts(batch: dict) -> Tuple[List[str], List[str]]:
+    """``(cut_ids, texts)`` of a K2SpeechRecognitionDataset batch, one supervision per cut."""
+    cuts = batch["supervisions"]["cut"]
+    return [c.id for c in cuts], batch["supervisions"]["text"]
+
+
+def feature_statistics(cuts: CutSet, max_cuts: Optional[int] = 2000) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and standard deviation over the frames of (up to ``max_cuts``) cuts."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for i, cut in enumerate(cuts):
+        if max_cuts is not None and i >= max_cuts:
+            break
+        feats = torch.from_numpy(cut.load_features()).double()
+        total = total + feats.sum(0)
+        total_sq = total_sq + (feats**2).sum(0)
+        count += feats.size(0)
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-10).sqrt()
+    return mean.float(), std.float()
+
+
+def batch_to_tensors(
+    batch: dict, tokenizer: Tokenizer
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[str], List[str]]:
+    """Unpacks a K2SpeechRecognitionDataset batch (one supervision per cut).
+
+    Returns ``(x (N, T, F), x_lens (N,), y (N, U) blank-padded, y_lens (N,), cut_ids, texts)``.
+    """
+    x = batch["inputs"]
+    supervisions = batch["supervisions"]
+    order = supervisions["sequence_idx"]
+    if len(order) != x.size(0) or sorted(order.tolist()) != list(range(x.size(0))):
+        raise ValueError("expected exactly one supervision per cut")
+    x_lens = torch.zeros(x.size(0), dtype=torch.int64)
+    x_lens[order] = supervisions["num_frames"].to(torch.int64)
+    cut_ids, texts = [""] * x.size(0), [""] * x.size(0)
+    for i, (cut, text) in zip(order.tolist(), zip(supervisions["cut"], supervisions["text"])):
+        cut_ids[i], texts[i] = cut.id, text
+    tokens = [tokenizer.encode(t, cut_id) for t, cut_id in zip(texts, cut_ids)]
+    y_lens = torch.tensor([len(t) for t in tokens], dtype=torch.int64)
+    y = torch.full((x.size(0), int(y_lens.max())), tokenizer.blank_id, dtype=torch.int64)
+    for i, t in enumerate(tokens):
+        y[i, : len(t)] = torch.tensor(t)
+    return x, x_lens, y, y_lens, cut_ids, texts

@@ -1,0 +1,46 @@
+"""80-bin log-mel filterbanks at 16 kHz, as sherpa-onnx / kaldi-native-fbank compute them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+
+SAMPLING_RATE = 16000
+NUM_MEL_BINS = 80
+# Fbank clamps mel energies at float32 epsilon before the log: the value of digital silence.
+LOG_ENERGY_FLOOR = math.log(1.1920928955078125e-07)
+
+
+def fbank_extractor() -> Fbank:
+    """The recipe's feature extractor (dither 0, no edge snipping, high_freq -400)."""
+    return Fbank(FbankConfig(num_mel_bins=NUM_MEL_BINS, dither=0.0, snip_edges=False, high_freq=-400.0))
+
+
+def compute_fbank(
+    cuts: CutSet,
+    storage_path: Path | str,
+    speed_factors: Sequence[float] = (),
+    num_jobs: int = 1,
+) -> CutSet:
+    """Resamples to 16 kHz, adds speed-perturbed copies, extracts and stores features.
+
+    Args:
+      cuts: cuts with audio (mono or lazily mixed).
+      storage_path: LilcomChunkyWriter archive to create (overwritten).
+      speed_factors: extra copies at these speeds (1.0 is ignored); ids get ``_sp{factor}``.
+      num_jobs: extraction processes (small sets use one: a worker pool costs ~10 s to start).
+    Returns:
+      Cuts with features attached, in input order followed by each perturbed copy.
+    """
+    cuts = cuts.resample(SAMPLING_RATE)
+    copies = [cuts] + [cuts.perturb_speed(f) for f in speed_factors if f != 1.0]
+    cuts = CutSet.from_cuts(c for copy in copies for c in copy)
+    return cuts.compute_and_store_features(
+        extractor=fbank_extractor(),
+        storage_path=str(storage_path),
+        storage_type=LilcomChunkyWriter,
+        num_jobs=num_jobs if len(cuts) >= 5000 else 1,
+    )

@@ -1,0 +1,78 @@
+"""Decoding whole lhotse cut sets (with stored features, or audio featurised on the fly)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse.dataset import K2SpeechRecognitionDataset, OnTheFlyFeatures, PrecomputedFeatures, SimpleCutSampler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nnaqat.data.features import SAMPLING_RATE, fbank_extractor
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.search import search
+from nnaqat.decode.wer import Result
+from nnaqat.models.encoder import MIN_INPUT_FRAMES
+from nnaqat.models.transducer import Transducer
+
+
+def cuts_from_wavs(paths: Sequence[Path | str]) -> CutSet:
+    """One cut per wav file (any sample rate, resampled to 16 kHz), with an empty transcript."""
+    recordings = []
+    for path in paths:
+        try:
+            recordings.append(Recording.from_file(path))
+        except Exception as error:
+            raise ValueError(f"{path}: unreadable audio ({error})") from error
+    supervisions = [
+        SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=r.duration, text="") for r in recordings
+    ]
+    cuts = CutSet.from_manifests(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
+    return cuts.resample(SAMPLING_RATE)
+
+
+def decode_cuts(
+    model: Transducer,
+    cuts: CutSet,
+    tokenizer: Tokenizer,
+    method: str = "greedy_search",
+    beam: int = 4,
+    max_duration: float = 300.0,
+    progress: bool = True,
+) -> List[Result]:
+    """Decodes every cut; returns ``(cut_id, reference words, hypothesis words)`` triples.
+
+    Cuts too short for the encoder are reported by id and get an empty hypothesis, so they
+    count as errors instead of vanishing from the WER.
+    """
+    cuts = cuts.to_eager()
+    with_features = all(c.has_features for c in cuts)
+    if not with_features:
+        cuts = cuts.resample(SAMPLING_RATE)
+    frame_shift = 0.01
+    short = [c for c in cuts if round(c.duration / frame_shift) < MIN_INPUT_FRAMES]
+    results: List[Result] = [(c.id, c.supervisions[0].text.split(), []) for c in short]
+    if short:
+        logging.warning("%d utterance(s) too short to decode (< %d frames): %s", len(short), MIN_INPUT_FRAMES,
+                        [c.id for c in short])
+    short_ids = {c.id for c in short}
+    cuts = cuts.filter(lambda c: c.id not in short_ids).to_eager()
+    strategy = PrecomputedFeatures() if with_features else OnTheFlyFeatures(fbank_extractor())
+    dataset = K2SpeechRecognitionDataset(input_strategy=strategy, return_cuts=True)
+    loader = DataLoader(dataset, sampler=SimpleCutSampler(cuts, max_duration=max_duration), batch_size=None)
+    model.eval()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=method, disable=not progress, leave=False):
+            x = batch["inputs"]
+            sup = batch["supervisions"]
+            x_lens = torch.zeros(x.size(0), dtype=torch.int64)
+            x_lens[sup["sequence_idx"]] = sup["num_frames"].to(torch.int64)
+            encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
+            hyps = search(model, encoder_out, encoder_lens, method, beam)
+            for seq_idx, cut, text in zip(sup["sequence_idx"].tolist(), sup["cut"], sup["text"]):
+                results.append((cut.id, (text or "").split(), tokenizer.decode(hyps[seq_idx]).split()))
+    return results

@@ -1,0 +1,19 @@
+"""Transducer building blocks; importing this package registers the built-in variants."""
+
+from nnaqat.models.encoder import Conv2dSubsampling, FeatureNorm, LstmEncoder, subsampled_length
+from nnaqat.models.joiner import AdditiveJoiner
+from nnaqat.models.predictor import LstmPredictor, StatelessPredictor
+from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
+
+__all__ = [
+    "AdditiveJoiner",
+    "Conv2dSubsampling",
+    "FeatureNorm",
+    "LstmEncoder",
+    "LstmPredictor",
+    "StatelessPredictor",
+    "Transducer",
+    "TransducerConfig",
+    "build_transducer",
+    "subsampled_length",
+]

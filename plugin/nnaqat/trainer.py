@@ -1,0 +1,303 @@
+"""Transducer training loop: pruned RNN-T loss with warm-up, resumable, optionally DDP."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lhotse import CutSet, load_manifest_lazy
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from nnaqat.checkpoint import load_checkpoint, save_checkpoint
+from nnaqat.data.datamodule import (
+    AugmentConfig,
+    batch_to_tensors,
+    eval_dataloader,
+    feature_statistics,
+    filter_trainable,
+    train_dataloader,
+)
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
+
+
+@dataclass
+class TrainConfig:
+    """Training options; names follow icefall's command-line flags."""
+
+    train_cuts: str
+    dev_cuts: str
+    bpe_model: str
+    exp_dir: str
+    model: Dict[str, Any] = field(default_factory=dict)  # TransducerConfig fields except vocab_size
+    num_epochs: int = 10
+    start_epoch: int = 1
+    start_batch: int = 0
+    max_duration: float = 200.0
+    lr: float = 2e-3
+    warmup_batches: int = 200
+    weight_decay: float = 1e-6
+    grad_clip: float = 5.0
+    prune_range: int = 5
+    lm_scale: float = 0.25
+    am_scale: float = 0.0
+    simple_loss_scale: float = 0.5
+    warm_step: int = 300  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
+    spec_augment: bool = True
+    gain_db: float = 0.0
+    seed: int = 42
+    save_every_n: int = 0  # write checkpoint-B.pt every n batches (0: never)
+    world_size: int = 1
+    num_threads: int = 0  # torch threads per process (0: leave as is)
+    stop_after_batches: int = 0  # stop after this global batch (tests: interrupt a run)
+    progress: bool = True
+
+
+def pruned_loss_scale(batch_idx: int, warm_step: int) -> float:
+    """icefall's warm-up: the simple loss alone first, because its gradients set the pruning window."""
+    if batch_idx < warm_step:
+        return 0.0
+    return 0.1 if batch_idx < 2 * warm_step else 1.0
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.02 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Stop(Exception):
+    """Raised inside the loop when ``stop_after_batches`` is reached (simulated interruption)."""
+
+
+def _seed_batch(seed: int, batch_idx: int) -> None:
+    # One seed per global batch: augmentation and dropout of batch b are the same whether or
+    # not the run was interrupted before it.
+    batch_seed = seed * 1_000_003 + batch_idx
+    torch.manual_seed(batch_seed)
+    # lhotse's SpecAugment draws from Python's random and NumPy's global generators.
+    random.seed(batch_seed)
+    np.random.seed(batch_seed % 2**32)
+
+
+class Trainer:
+    """One process of a (possibly distributed) training run."""
+
+    def __init__(self, config: TrainConfig, rank: int = 0) -> None:
+        self.config = config
+        self.rank = rank
+        self.exp_dir = Path(config.exp_dir)
+        self.tokenizer = Tokenizer(config.bpe_model)
+        cuts = load_manifest_lazy(config.train_cuts).to_eager()
+        self.train_cuts, self.dropped = filter_trainable(cuts, self.tokenizer)
+        self.dev_cuts = load_manifest_lazy(config.dev_cuts).to_eager()
+        model_config = TransducerConfig(vocab_size=len(self.tokenizer), **config.model)
+        _seed_batch(config.seed, -1)  # deterministic initialisation
+        self.model: Transducer = build_transducer(model_config)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.train_dl = train_dataloader(
+            self.train_cuts,
+            config.max_duration,
+            AugmentConfig(spec_augment=config.spec_augment, gain_db=config.gain_db),
+            seed=config.seed,
+            world_size=config.world_size,
+            rank=rank,
+        )
+        self.batches_per_epoch = sum(1 for _ in self.train_dl.sampler)
+        total = self.batches_per_epoch * config.num_epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, config.warmup_batches, total)
+        )
+        self.batch_idx_train = 0
+        self.non_finite = 0
+        self.history: list = []
+        self._resume()
+        self.ddp_model = DistributedDataParallel(self.model) if config.world_size > 1 else self.model
+        self.writer = SummaryWriter(str(self.exp_dir / "tensorboard")) if rank == 0 else None
+
+    # ---- state ----
+    def _state(self, epoch: int, epoch_done: bool) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.train_dl.sampler.state_dict(),
+            "epoch": epoch,
+            "epoch_done": epoch_done,
+            "batch_idx_train": self.batch_idx_train,
+            "non_finite": self.non_finite,
+            "history": self.history,
+            "train_config": asdict(self.config),
+        }
+
+    def _resume(self) -> None:
+        config = self.config
+        if config.start_batch > 0:
+            path = self.exp_dir / f"checkpoint-{config.start_batch}.pt"
+        elif config.start_epoch > 1:
+            path = self.exp_dir / f"epoch-{config.start_epoch - 1}.pt"
+        else:
+            self._init_feature_norm()
+            return
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batch_idx_train = state["batch_idx_train"]
+        self.non_finite = state["non_finite"]
+        self.history = list(state["history"])
+        if state["epoch_done"]:
+            self.start_epoch = state["epoch"] + 1
+        else:
+            self.start_epoch = state["epoch"]
+            self.train_dl.sampler.load_state_dict(state["sampler"])
+        logging.info("resumed from %s at epoch %d, batch %d", path, self.start_epoch, self.batch_idx_train)
+
+    def _init_feature_norm(self) -> None:
+        self.start_epoch = 1
+        mean, std = feature_statistics(self.train_cuts)
+        self.model.encoder.feature_norm.set_statistics(mean, std)
+
+    # ---- loop ----
+    def compute_loss(self, batch: dict, training: bool) -> tuple[torch.Tensor, Dict[str, float]]:
+        """Loss of one batch (mean over utterances with finite losses) and its statistics."""
+        x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
+        model = self.ddp_model if training else self.model
+        simple, pruned = model(
+            x, x_lens, y, y_lens, prune_range=self.config.prune_range,
+            am_scale=self.config.am_scale, lm_scale=self.config.lm_scale,
+        )
+        finite = torch.isfinite(simple) & torch.isfinite(pruned)
+        if not bool(finite.all()):
+            bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
+            self.non_finite += len(bad)
+            logging.warning("non-finite loss for %s (skipped; %d so far)", bad, self.non_finite)
+        scale = pruned_loss_scale(self.batch_idx_train, self.config.warm_step) if training else 1.0
+        num = finite.sum().clamp_min(1)
+        simple_mean = torch.where(finite, simple, 0.0).sum() / num
+        pruned_mean = torch.where(finite, pruned, 0.0).sum() / num
+        loss = self.config.simple_loss_scale * simple_mean + scale * pruned_mean
+        frames = x_lens[finite].sum().item() / 4 if bool(finite.any()) else 1.0
+        stats = {
+            "utterances": float(finite.sum()),
+            "simple_loss": simple_mean.item(),
+            "pruned_loss": pruned_mean.item(),
+            "loss_per_frame": (pruned[finite].sum().item() / max(frames, 1.0)) if bool(finite.any()) else float("nan"),
+        }
+        return loss, stats
+
+    def validate(self) -> Dict[str, float]:
+        self.model.eval()
+        totals = {"pruned_loss": 0.0, "utterances": 0.0}
+        with torch.no_grad():
+            for batch in eval_dataloader(self.dev_cuts, self.config.max_duration):
+                _, stats = self.compute_loss(batch, training=False)
+                totals["pruned_loss"] += stats["pruned_loss"] * stats["utterances"]
+                totals["utterances"] += stats["utterances"]
+        self.model.train()
+        return {"dev_pruned_loss": totals["pruned_loss"] / max(totals["utterances"], 1.0)}
+
+    def train_epoch(self, epoch: int) -> None:
+        config = self.config
+        sampler = self.train_dl.sampler
+        sampler.set_epoch(epoch)
+        self.model.train()
+        started = time.time()
+        iterator = iter(self.train_dl)
+        bar = tqdm(total=self.batches_per_epoch, desc=f"epoch {epoch}",
+                   disable=not (config.progress and self.rank == 0), leave=False)
+        running = []
+        while True:
+            if config.stop_after_batches and self.batch_idx_train >= config.stop_after_batches:
+                raise _Stop()
+            _seed_batch(config.seed, self.batch_idx_train)
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            loss, stats = self.compute_loss(batch, training=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            if stats["utterances"] > 0:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                self.optimizer.step()
+            self.scheduler.step()
+            self.batch_idx_train += 1
+            running.append(stats["loss_per_frame"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss_per_frame']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self.writer is not None:
+                self.writer.add_scalar("train/pruned_loss_per_frame", stats["loss_per_frame"], self.batch_idx_train)
+                self.writer.add_scalar("train/simple_loss", stats["simple_loss"], self.batch_idx_train)
+                self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.batch_idx_train)
+            if config.save_every_n and self.batch_idx_train % config.save_every_n == 0 and self.rank == 0:
+                save_checkpoint(self.exp_dir / f"checkpoint-{self.batch_idx_train}.pt", self._state(epoch, False))
+        bar.close()
+        if self.rank != 0:
+            return
+        finite = [v for v in running if math.isfinite(v)]
+        record = {"epoch": epoch, "batch": self.batch_idx_train, "seconds": time.time() - started,
+                  "train_loss_per_frame": sum(finite) / max(len(finite), 1), **self.validate()}
+        self.history.append(record)
+        logging.info("epoch %d: %s", epoch, record)
+        self.writer.add_scalar("dev/pruned_loss", record["dev_pruned_loss"], epoch)
+        save_checkpoint(self.exp_dir / f"epoch-{epoch}.pt", self._state(epoch, True))
+
+    def run(self) -> None:
+        if self.rank == 0 and self.dropped:
+            logging.warning("%d training cut(s) dropped as too short", len(self.dropped))
+        try:
+            for epoch in range(self.start_epoch, self.config.num_epochs + 1):
+                self.train_epoch(epoch)
+        except _Stop:
+            logging.info("stopped after batch %d as asked", self.batch_idx_train)
+        if self.writer is not None:
+            self.writer.close()
+        if self.non_finite:
+            logging.warning("%d utterance loss(es) were non-finite and skipped", self.non_finite)
+
+
+def _run_rank(rank: int, config: TrainConfig, port: int) -> None:
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    if config.world_size > 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(port)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=config.world_size)
+    try:
+        Trainer(config, rank).run()
+    finally:
+        if config.world_size > 1:
+            dist.destroy_process_group()
+
+
+def train(config: TrainConfig, port: Optional[int] = None) -> None:
+    """Trains with ``config.world_size`` processes (DDP over gloo on CPU, nccl on GPU)."""
+    Path(config.exp_dir).mkdir(parents=True, exist_ok=True)
+    if config.world_size == 1:
+        _run_rank(0, config, 0)
+        return
+    import socket
+
+    import torch.multiprocessing as mp
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    mp.spawn(_run_rank, args=(config, port), nprocs=config.world_size, join=True)

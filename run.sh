@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Generic recipe driver (ESPnet asr.sh style). Run it from a corpus folder, egs/<corpus>/, which
+# holds the corpus's own data preparation (local/prepare_data.py) and conf/; outputs go to
+# ./data and ./exp there. Every stage is idempotent: it skips work whose outputs exist.
+#
+#   ../../run.sh --corpus fsdd --stage 0 --stop-stage 7
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# ---- options (each --foo-bar VALUE sets foo_bar) ----
+stage=0
+stop_stage=7
+corpus=fsdd
+dl_dir=download              # where the corpus is downloaded/extracted
+local_tarball=""             # use this corpus archive instead of downloading
+manifest_dir=""              # prepare these lhotse manifests ({prefix}_{recordings,supervisions}_{part}.jsonl.gz)
+                             # instead of the corpus's own preparation (stages 0-2)
+manifest_prefix=""           # prefix of those manifests (default: $corpus)
+parts="train dev test"       # first part is the training set, second the dev set
+num_train=6000               # FSDD connected-digit utterances per split
+num_dev=500
+num_test=500
+holdout_speaker=""           # train without this speaker, test on all its recordings
+speed_perturb="0.9 1.1"      # extra training copies at these speeds ("" for none)
+vocab_size=32
+model_config=conf/model.yaml
+encoder=""                   # override the model config's variants
+predictor=""
+joiner=""
+num_epochs=10
+max_duration=300
+lr=0.002
+spec_augment=true
+gain_db=10                   # random gain of +-gain_db dB per training utterance (0: off)
+seed=42
+world_size=1
+decode_epoch=""              # default: num_epochs
+avg=3
+decode_methods="greedy_search modified_beam_search"
+beam_size=4
+exp_tag=""                   # experiment folder name under exp/ (default: derived from options)
+nj=1
+
+option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
+  num_test holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr
+  spec_augment gain_db seed world_size decode_epoch avg decode_methods beam_size exp_tag nj"
+help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
+. "$root/local/parse_options.sh"
+
+"$root/local/setup_env.sh"
+# shellcheck disable=SC1091
+. "$root/.venv/bin/activate"
+export PYTHONUNBUFFERED=1
+
+prefix=${manifest_prefix:-$corpus}
+data=data${holdout_speaker:+/holdout-$holdout_speaker}
+lang=data/lang_bpe_${vocab_size}
+exp=exp/${exp_tag:-fp32${holdout_speaker:+-holdout-$holdout_speaker}}
+read -r -a part_list <<< "$parts"
+train_part=${part_list[0]}
+dev_part=${part_list[1]}
+decode_epoch=${decode_epoch:-$num_epochs}
+mkdir -p "$exp"
+log_file=$exp/log/run-$(date +%Y%m%d-%H%M%S).log
+mkdir -p "$(dirname "$log_file")"
+log() { echo "$(date '+%F %T') [stage ${current_stage:-?}] $*" | tee -a "$log_file" >&2; }
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+if [ -n "$manifest_dir" ]; then
+  if run_stage 2; then
+    current_stage=2
+    log "cuts from external manifests in $manifest_dir"
+    python "$root/local/manifests_to_cuts.py" --manifest-dir "$manifest_dir" --prefix "$prefix" \
+      --parts "${part_list[@]}" --output-dir "$data/manifests"
+  fi
+else
+  if [ -z "$local_tarball" ] && [ "$corpus" = fsdd ] && [ -f "$root/../shared/corpora/fsdd/fsdd.tar.gz" ]; then
+    local_tarball=$root/../shared/corpora/fsdd/fsdd.tar.gz
+  fi
+  prep=(python local/prepare_data.py --dl-dir "$dl_dir")
+  if run_stage 0; then
+    current_stage=0
+    log "get the corpus ${local_tarball:+(from $local_tarball)}"
+    "${prep[@]}" download ${local_tarball:+--local-tarball "$local_tarball"}
+  fi
+  if run_stage 1 && [ ! -f data/manifests/.done ]; then
+    current_stage=1
+    log "lhotse manifests"
+    "${prep[@]}" manifests --manifest-dir data/manifests
+    touch data/manifests/.done
+  fi
+  if run_stage 2 && [ ! -f "$data/manifests/.cuts.done" ]; then
+    current_stage=2
+    log "utterances ${holdout_speaker:+(holding out $holdout_speaker)}"
+    "${prep[@]}" cuts --manifest-dir data/manifests --output-dir "$data/manifests" --num-train "$num_train" \
+      --num-dev "$num_dev" --num-test "$num_test" ${holdout_speaker:+--holdout-speaker "$holdout_speaker"}
+    touch "$data/manifests/.cuts.done"
+  fi
+fi
+
+if run_stage 3; then
+  current_stage=3
+  log "fbank"
+  python "$root/local/compute_fbank.py" --src-dir "$data/manifests" --output-dir "$data/fbank" --prefix "$prefix" \
+    --parts "${part_list[@]}" --train-part "$train_part" --num-jobs "$nj" \
+    ${speed_perturb:+--speed-perturb $speed_perturb}
+fi
+
+if run_stage 4 && [ ! -f "$lang/tokens.txt" ]; then
+  current_stage=4
+  log "sentencepiece tokens ($lang)"
+  python "$root/local/train_bpe.py" --cuts "$data/manifests/${prefix}_cuts_${train_part}_raw.jsonl.gz" \
+    --lang-dir "$lang" --vocab-size "$vocab_size"
+fi
+
+if run_stage 5; then
+  current_stage=5
+  if [ -f "$exp/epoch-$num_epochs.pt" ]; then
+    log "training already done ($exp/epoch-$num_epochs.pt)"
+  else
+    start_epoch=1
+    while [ -f "$exp/epoch-$start_epoch.pt" ]; do start_epoch=$((start_epoch + 1)); done
+    log "training $exp from epoch $start_epoch"
+    python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}.jsonl.gz" \
+      --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
+      --model-config "$model_config" ${encoder:+--encoder $encoder} ${predictor:+--predictor $predictor} \
+      ${joiner:+--joiner $joiner} --exp-dir "$exp" --num-epochs "$num_epochs" --start-epoch "$start_epoch" \
+      --max-duration "$max_duration" --lr "$lr" --spec-augment "$spec_augment" --gain-db "$gain_db" \
+      --seed "$seed" --world-size "$world_size" 2>&1 | tee -a "$log_file"
+  fi
+fi
+
+if run_stage 6; then
+  current_stage=6
+  sets=()
+  for part in "${part_list[@]:1}"; do sets+=("$part=$data/fbank/${prefix}_cuts_${part}.jsonl.gz"); done
+  for method in $decode_methods; do
+    log "decoding with $method (epoch $decode_epoch, avg $avg)"
+    python "$root/local/decode.py" --exp-dir "$exp" --epoch "$decode_epoch" --avg "$avg" --bpe-model "$lang/bpe.model" \
+      --method "$method" --beam-size "$beam_size" --cuts "${sets[@]}" 2>&1 | tee -a "$log_file"
+  done
+fi
+
+if run_stage 7; then
+  current_stage=7
+  python "$root/local/results_table.py" --exp-dir "$exp" | tee -a "$log_file"
+fi

@@ -1,0 +1,57 @@
+"""Shared fixtures: the real FSDD corpus (from ../shared) and a small prepared data set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from lhotse import CutSet
+
+from nnaqat.data.features import compute_fbank
+from nnaqat.data.fsdd import compose_connected_digits, download_fsdd, prepare_fsdd
+from nnaqat.data.tokenizer import train_bpe
+
+REPO = Path(__file__).resolve().parents[1]
+FSDD_TARBALL = Path(os.environ.get("NNAQAT_FSDD_TARBALL", REPO.parent / "shared/corpora/fsdd/fsdd.tar.gz"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir(tmp_path_factory) -> Path:
+    """The FSDD corpus extracted from the local tarball (never downloaded in tests)."""
+    if not FSDD_TARBALL.is_file():
+        pytest.fail(f"FSDD tarball not found at {FSDD_TARBALL} (set NNAQAT_FSDD_TARBALL)")
+    return download_fsdd(tmp_path_factory.mktemp("fsdd"), FSDD_TARBALL)
+
+
+@pytest.fixture(scope="session")
+def fsdd_manifests(fsdd_dir):
+    return prepare_fsdd(fsdd_dir)
+
+
+@dataclass
+class TinyData:
+    train: Path
+    dev: Path
+    bpe_model: Path
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, fsdd_manifests) -> TinyData:
+    """Connected-digit utterances with fbank features: 160 train (2 speakers) and 24 dev."""
+    root = tmp_path_factory.mktemp("tiny")
+    words = {s: CutSet.from_manifests(**fsdd_manifests[s]) for s in ("train", "dev")}
+    train = compose_connected_digits(words["train"], 160, seed=1, prefix="train", speakers=["jackson", "theo"])
+    dev = compose_connected_digits(words["dev"], 24, seed=2, prefix="dev", speakers=["jackson", "theo"])
+    paths = {}
+    for name, cuts in (("train", train), ("dev", dev)):
+        featurised = compute_fbank(cuts, root / f"feats_{name}", num_jobs=1)
+        paths[name] = root / f"cuts_{name}.jsonl.gz"
+        featurised.to_file(paths[name])
+    bpe = train_bpe([c.supervisions[0].text for c in train], root / "lang", vocab_size=32)
+    return TinyData(train=paths["train"], dev=paths["dev"], bpe_model=bpe, root=root)

@@ -1,0 +1,122 @@
+"""Data preparation on the real FSDD recordings."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from lhotse import CutSet, load_manifest
+
+from nnaqat.data.datamodule import RandomGain
+from nnaqat.data.features import LOG_ENERGY_FLOOR, compute_fbank, fbank_extractor
+from nnaqat.data.fsdd import DIGIT_WORDS, compose_connected_digits, prepare_fsdd
+from nnaqat.data.tokenizer import Tokenizer, train_bpe
+
+
+def test_manifest_counts_and_splits(fsdd_manifests):
+    sizes = {split: len(parts["recordings"]) for split, parts in fsdd_manifests.items()}
+    assert sizes == {"train": 2000, "dev": 250, "test": 250}
+    ranges = {"test": range(0, 5), "dev": range(45, 50), "train": range(5, 45)}
+    for split, parts in fsdd_manifests.items():
+        for s in parts["supervisions"]:
+            assert s.custom["take"] in ranges[split]
+            assert s.text == DIGIT_WORDS[s.custom["digit"]]
+        speakers = Counter(s.speaker for s in parts["supervisions"])
+        assert set(speakers) == {"george", "jackson", "lucas", "theo", "yweweler"}
+
+
+def test_connected_digits_no_leakage_and_deterministic(fsdd_manifests):
+    words = {s: CutSet.from_manifests(**fsdd_manifests[s]) for s in ("train", "test")}
+    split_of = {s.id: split for split, parts in fsdd_manifests.items() for s in parts["supervisions"]}
+    first = compose_connected_digits(words["test"], 50, seed=7, prefix="test")
+    again = compose_connected_digits(words["test"], 50, seed=7, prefix="test")
+    other = compose_connected_digits(words["test"], 50, seed=8, prefix="test")
+    assert [c.to_dict() for c in first] == [c.to_dict() for c in again]
+    assert [c.supervisions[0].text for c in first] != [c.supervisions[0].text for c in other]
+    for cut in first:
+        (supervision,) = cut.supervisions
+        sources = supervision.custom["source_ids"]
+        assert 1 <= len(sources) <= 7
+        assert {split_of[s] for s in sources} == {"test"}
+        assert {s.split("_")[1] for s in sources} == {supervision.speaker}
+        assert supervision.text.split() == [DIGIT_WORDS[int(s[0])] for s in sources]
+        assert supervision.start == 0 and supervision.duration == pytest.approx(cut.duration)
+    audio = first[0].load_audio()
+    assert audio.shape[1] == pytest.approx(first[0].duration * 8000, abs=2)
+
+
+def test_holdout_speaker_restricts_composition(fsdd_manifests):
+    words = CutSet.from_manifests(**fsdd_manifests["train"])
+    cuts = compose_connected_digits(words, 40, seed=1, prefix="train", speakers=["george", "lucas"])
+    assert {c.supervisions[0].speaker for c in cuts} == {"george", "lucas"}
+    with pytest.raises(ValueError, match="nobody"):
+        compose_connected_digits(words, 4, seed=1, prefix="x", speakers=["nobody"])
+
+
+def test_fbank_features_match_settings(fsdd_manifests, tmp_path):
+    words = CutSet.from_manifests(**fsdd_manifests["test"])
+    cuts = compose_connected_digits(words, 3, seed=3, prefix="test")
+    with_feats = compute_fbank(cuts, tmp_path / "feats", speed_factors=[0.9])
+    assert len(with_feats) == 6
+    for cut in with_feats:
+        feats = cut.load_features()
+        assert feats.shape == (cut.num_frames, 80)
+        assert cut.num_frames == pytest.approx(cut.duration * 100, abs=1)
+        assert cut.supervisions[0].text
+    # Speed 0.9 lengthens the utterance by 1/0.9.
+    assert with_feats[3].duration == pytest.approx(with_feats[0].duration / 0.9, rel=1e-3)
+    # Stored features equal a fresh extraction at 16 kHz (lilcom is lossy: small tolerance).
+    audio = cuts[0].resample(16000).load_audio()
+    fresh = fbank_extractor().extract(audio, 16000)
+    np.testing.assert_allclose(with_feats[0].load_features(), fresh, atol=0.1)
+
+
+def test_random_gain_is_exact_volume_change():
+    import torch
+
+    x = torch.tensor([[[LOG_ENERGY_FLOOR, -3.0, 1.0]]])
+    torch.manual_seed(0)
+    y = RandomGain(10.0)(x)
+    offset = y[0, 0, 2] - x[0, 0, 2]
+    assert abs(float(offset)) <= np.log(10.0) + 1e-6
+    assert y[0, 0, 0] == LOG_ENERGY_FLOOR  # digital silence stays silent
+    assert y[0, 0, 1] == pytest.approx(max(-3.0 + float(offset), LOG_ENERGY_FLOOR))
+
+
+def test_corrupt_audio_names_the_file(fsdd_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "recordings").mkdir(parents=True)
+    for name in ("1_theo_3.wav", "2_theo_10.wav"):
+        shutil.copy(fsdd_dir / "recordings" / name, corpus / "recordings" / name)
+    bad = corpus / "recordings" / "3_theo_7.wav"
+    bad.write_bytes(b"RIFF\x00\x00not really a wave file")
+    with pytest.raises(ValueError, match="3_theo_7.wav"):
+        prepare_fsdd(corpus)
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match="3_theo_7.wav"):
+        prepare_fsdd(corpus)
+    bad.unlink()
+    (corpus / "recordings" / "x_theo.wav").write_bytes(b"")
+    with pytest.raises(ValueError, match="x_theo.wav"):
+        prepare_fsdd(corpus)
+
+
+def test_manifests_written(fsdd_dir, tmp_path):
+    prepare_fsdd(fsdd_dir, output_dir=tmp_path)
+    supervisions = load_manifest(tmp_path / "fsdd_supervisions_dev.jsonl.gz")
+    assert len(supervisions) == 250
+
+
+def test_tokenizer_conventions_and_bad_transcripts(tmp_path):
+    model = train_bpe([" ".join(DIGIT_WORDS)] * 20 + ["one two", "nine"], tmp_path, vocab_size=32)
+    lines = (tmp_path / "tokens.txt").read_text().splitlines()
+    assert lines[:3] == ["<blk> 0", "<sos/eos> 1", "<unk> 2"]
+    tokenizer = Tokenizer(model)
+    ids = tokenizer.encode("three one four")
+    assert tokenizer.decode(ids) == "three one four"
+    with pytest.raises(ValueError, match="utt-7.*empty"):
+        tokenizer.encode("  ", "utt-7")
+    with pytest.raises(ValueError, match="utt-8.*unknown"):
+        tokenizer.encode("one QUX", "utt-8")

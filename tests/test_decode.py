@@ -1,0 +1,100 @@
+"""Search, WER scoring and icefall-format result files (real model trained on real FSDD)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lhotse import load_manifest
+
+from nnaqat.checkpoint import load_model
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode import greedy_search, modified_beam_search
+from nnaqat.decode.wer import error_stats, write_error_stats
+from nnaqat.trainer import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("exp")
+    train(
+        TrainConfig(
+            train_cuts=str(tiny_data.train), dev_cuts=str(tiny_data.dev), bpe_model=str(tiny_data.bpe_model),
+            exp_dir=str(exp), num_epochs=3, max_duration=60.0, lr=3e-3, warmup_batches=5, warm_step=10,
+            progress=False,
+            model={"encoder_kwargs": {"hidden_size": 48, "num_layers": 1, "conv_channels": 4},
+                   "predictor_kwargs": {"embedding_dim": 32}, "joiner_dim": 32},
+        )
+    )
+    return exp
+
+
+def test_wer_counts():
+    stats, lines = error_stats([("a", "one two three".split(), "one three three four".split()), ("b", ["five"], [])])
+    assert (stats.words, stats.substitutions, stats.insertions, stats.deletions) == (4, 1, 1, 1)
+    assert stats.wer == pytest.approx(75.0)
+    assert lines[1] == "b:\t(five->*)"
+
+
+def test_errs_file_format(tmp_path):
+    stats = write_error_stats(tmp_path / "errs.txt", "test", [("u1", ["one", "two"], ["one", "nine"])])
+    text = (tmp_path / "errs.txt").read_text().splitlines()
+    assert text[0] == "%WER = 50.00"
+    assert "u1:\tone (two->nine)" in text
+    assert stats.errors == 1
+
+
+def test_beam_one_equals_greedy(trained, tiny_data):
+    model = load_model([trained / "epoch-3.pt"])
+    cuts = load_manifest(tiny_data.dev)
+    x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c.load_features()) for c in cuts], batch_first=True)
+    x_lens = torch.tensor([c.num_frames for c in cuts])
+    encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
+    greedy = greedy_search(model, encoder_out, encoder_lens)
+    assert greedy == modified_beam_search(model, encoder_out, encoder_lens, beam=1)
+    # Batched greedy equals greedy utterance by utterance.
+    for i in range(3):
+        alone = greedy_search(model, encoder_out[i : i + 1, : encoder_lens[i]], encoder_lens[i : i + 1])
+        assert alone[0] == greedy[i]
+    beam4 = modified_beam_search(model, encoder_out, encoder_lens, beam=4)
+    assert len(beam4) == len(cuts)
+
+
+def test_decode_script_writes_icefall_files(trained, tiny_data, tmp_path):
+    cmd = [sys.executable, str(REPO / "local/decode.py"), "--exp-dir", str(trained), "--epoch", "3", "--avg", "2",
+           "--bpe-model", str(tiny_data.bpe_model), "--method", "modified_beam_search", "--beam-size", "3",
+           "--cuts", f"dev={tiny_data.dev}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    out = trained / "modified_beam_search"
+    suffix = "epoch-3-avg-2-beam-3"
+    errs = (out / f"errs-dev-{suffix}.txt").read_text()
+    assert errs.startswith("%WER = ")
+    recogs = (out / f"recogs-dev-{suffix}.txt").read_text().splitlines()
+    assert len(recogs) == 2 * len(load_manifest(tiny_data.dev))
+    assert recogs[0].split("\t")[1].startswith("ref=[")
+    assert recogs[1].split("\t")[1].startswith("hyp=[")
+    summary = (out / f"wer-summary-dev-{suffix}.txt").read_text().splitlines()
+    assert summary[0] == "settings\tWER"
+    assert float(summary[1].split("\t")[1]) == pytest.approx(float(errs.splitlines()[0].split("= ")[1]))
+
+
+def test_decode_wav_files_any_rate(trained, tiny_data, fsdd_dir, tmp_path):
+    wav = fsdd_dir / "recordings" / "7_theo_3.wav"  # 8 kHz
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio")
+    base = [sys.executable, str(REPO / "local/decode.py"), "--exp-dir", str(trained), "--checkpoint",
+            str(trained / "epoch-3.pt"), "--bpe-model", str(tiny_data.bpe_model)]
+    done = subprocess.run(base + ["--wavs", str(wav)], check=True, capture_output=True, text=True)
+    assert done.stdout.startswith("7_theo_3\t")
+    failed = subprocess.run(base + ["--wavs", str(broken)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "broken.wav" in failed.stderr
+
+
+def test_tokenizer_roundtrip_in_results(tiny_data):
+    tokenizer = Tokenizer(tiny_data.bpe_model)
+    assert tokenizer.decode(tokenizer.encode("nine eight")) == "nine eight"

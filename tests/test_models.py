@@ -1,0 +1,111 @@
+"""Model variants, registry and shapes through subsampling."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from nnaqat import registry
+from nnaqat.models import LstmEncoder, Transducer, TransducerConfig, subsampled_length
+from nnaqat.models.encoder import MIN_INPUT_FRAMES
+
+SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "conv_channels": 4, "dropout": 0.0}
+
+
+def small_model(predictor: str = "stateless", proj_size: int = 0) -> Transducer:
+    predictor_kwargs = {"embedding_dim": 24} if predictor == "stateless" else {"embedding_dim": 24, "hidden_size": 20}
+    config = TransducerConfig(
+        vocab_size=12,
+        predictor=predictor,
+        joiner_dim=16,
+        encoder_kwargs={**SMALL_ENCODER, "proj_size": proj_size},
+        predictor_kwargs=predictor_kwargs,
+    )
+    return Transducer(config).eval()
+
+
+def test_registry_lists_builtin_variants():
+    assert "lstm" in registry.names("encoder")
+    assert {"lstm", "stateless"} <= set(registry.names("predictor"))
+    assert "additive" in registry.names("joiner")
+    with pytest.raises(KeyError, match="no encoder variant named 'nope'.*lstm"):
+        registry.get("encoder", "nope")
+    with pytest.raises(ValueError, match="unknown variant kind"):
+        registry.register("widget", "x")
+
+
+def test_entry_point_plugins_can_add_variants(monkeypatch):
+    def plugin(reg):
+        @reg.register("encoder", "plugin-test")
+        class PluginEncoder(LstmEncoder):
+            pass
+
+    entry = types.SimpleNamespace(load=lambda: plugin)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [entry] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setitem(registry._variants, "encoder", dict(registry._variants["encoder"]))
+    assert "plugin-test" in registry.names("encoder")
+    assert isinstance(registry.build("encoder", "plugin-test", **SMALL_ENCODER), LstmEncoder)
+
+
+@pytest.mark.parametrize("frames", [9, 10, 11, 12, 13, 50, 101])
+@pytest.mark.parametrize("proj_size", [0, 24])
+def test_encoder_shapes_and_lengths(frames, proj_size):
+    encoder = LstmEncoder(**SMALL_ENCODER, proj_size=proj_size).eval()
+    x = torch.randn(3, frames, 80)
+    lens = torch.tensor([frames, max(9, frames - 1), 9])
+    out, out_lens, (h, c) = encoder(x, lens)
+    assert out.shape == (3, subsampled_length(frames), encoder.d_model)
+    assert out_lens.tolist() == [subsampled_length(int(n)) for n in lens]
+    assert h.shape == (2, 3, encoder.d_model) and c.shape == (2, 3, 32)
+    assert subsampled_length(9) == 1
+
+
+def test_too_short_input_is_rejected_clearly():
+    encoder = LstmEncoder(**SMALL_ENCODER)
+    x = torch.randn(2, 20, 80)
+    with pytest.raises(ValueError, match=r"batch index \[1\].*at least 9"):
+        encoder(x, torch.tensor([20, MIN_INPUT_FRAMES - 1]))
+
+
+def test_encoder_is_causal_and_streams_in_chunks():
+    encoder = LstmEncoder(**SMALL_ENCODER).eval()
+    x = torch.randn(1, 67, 80)
+    full, _, _ = encoder(x, torch.tensor([67]))
+    # Output frame j sees input frames 4j .. 4j+8: chunks of n outputs take 4n+5 inputs, overlapping by 5.
+    state, pieces = None, []
+    for start in range(0, full.size(1), 4):
+        stop = min(start + 4, full.size(1))
+        chunk = x[:, 4 * start : 4 * stop + 5]
+        out, _, state = encoder(chunk, torch.tensor([chunk.size(1)]), state)
+        pieces.append(out)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_predictor_steps_equal_full_sequence(predictor):
+    model = small_model(predictor)
+    y = torch.tensor([[3, 5, 5, 7, 1]])
+    full = model.predict(torch.nn.functional.pad(y, (1, 0), value=0))
+    state = model.predictor.initial_state(1, torch.device("cpu"))
+    steps = []
+    for token in [0] + y[0].tolist():
+        out, state = model.predictor.step(torch.tensor([token]), state)
+        steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_transducer_losses_are_finite_and_differentiable(predictor):
+    model = small_model(predictor).train()
+    x = torch.randn(2, 60, 80)
+    x_lens = torch.tensor([60, 45])
+    y = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    y_lens = torch.tensor([3, 2])
+    simple, pruned = model(x, x_lens, y, y_lens, prune_range=3)
+    assert simple.shape == pruned.shape == (2,)
+    assert torch.isfinite(simple).all() and torch.isfinite(pruned).all()
+    (simple.sum() + pruned.sum()).backward()
+    assert all(p.grad is not None for p in model.joiner.parameters())
