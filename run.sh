@@ -31,8 +31,10 @@ joiner=""
 num_epochs=10
 max_duration=300
 lr=0.002
+warm_step=100                # batches on the simple loss alone; pruned-loss scale 0.1 up to 2x, then 1
 spec_augment=true
 gain_db=10                   # random gain of +-gain_db dB per training utterance (0: off)
+eq_db=0                      # random smooth equaliser curve of up to +-eq_db dB per utterance (0: off)
 seed=42
 world_size=1
 decode_epoch=""              # default: num_epochs
@@ -43,8 +45,8 @@ exp_tag=""                   # experiment folder name under exp/ (default: deriv
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
-  num_test holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr
-  spec_augment gain_db seed world_size decode_epoch avg decode_methods beam_size exp_tag nj"
+  num_test holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
+  spec_augment gain_db eq_db seed world_size decode_epoch avg decode_methods beam_size exp_tag nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
 
@@ -126,7 +128,7 @@ if run_stage 5; then
       --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
       --model-config "$model_config" ${encoder:+--encoder $encoder} ${predictor:+--predictor $predictor} \
       ${joiner:+--joiner $joiner} --exp-dir "$exp" --num-epochs "$num_epochs" --start-epoch "$start_epoch" \
-      --max-duration "$max_duration" --lr "$lr" --spec-augment "$spec_augment" --gain-db "$gain_db" \
+      --max-duration "$max_duration" --lr "$lr" --warm-step "$warm_step" --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
       --seed "$seed" --world-size "$world_size" 2>&1 | tee -a "$log_file"
   fi
 fi

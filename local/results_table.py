@@ -30,7 +30,12 @@ def plot_history(history: list, path: Path) -> None:
     ax.set_ylabel("loss (nats)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center")
+    if all("dev_greedy_wer" in h for h in history):
+        wer_ax = ax.twinx()
+        wer_ax.plot(epochs, [h["dev_greedy_wer"] for h in history], color="tab:red", marker="^", label="dev WER %")
+        wer_ax.set_ylabel("dev greedy WER (%)")
+        wer_ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -39,7 +44,9 @@ def plot_history(history: list, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--exp-dir", type=Path, nargs="+", required=True)
+    parser.add_argument("--mean", action="store_true", help="also print the mean WER over the experiments")
     args = parser.parse_args()
+    wers: dict = {}
     print("| experiment | params | s/epoch | method | set | WER % |")
     print("|---|---|---|---|---|---|")
     for exp_dir in args.exp_dir:
@@ -58,6 +65,11 @@ def main() -> None:
                 continue
             method, wer = summary.read_text().splitlines()[1].split("\t")
             print(f"| {exp_dir.name} | {params} | {seconds} | {method} ({match['suffix']}) | {match['set']} | {wer} |")
+            wers.setdefault((method, match["set"]), []).append(float(wer))
+    if args.mean:
+        for (method, test_set), values in sorted(wers.items()):
+            mean = sum(values) / len(values)
+            print(f"| mean of {len(values)} | | | {method} | {test_set} | {mean:.2f} |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def trained(tiny_data, tmp_path_factory):
             train_cuts=str(tiny_data.train), dev_cuts=str(tiny_data.dev), bpe_model=str(tiny_data.bpe_model),
             exp_dir=str(exp), num_epochs=3, max_duration=60.0, lr=3e-3, warmup_batches=5, warm_step=10,
             progress=False,
-            model={"encoder_kwargs": {"hidden_size": 48, "num_layers": 1, "conv_channels": 4},
+            model={"encoder_kwargs": {"hidden_size": 48, "num_layers": 1},
                    "predictor_kwargs": {"embedding_dim": 32}, "joiner_dim": 32},
         )
     )

@@ -11,7 +11,7 @@ from nnaqat import registry
 from nnaqat.models import LstmEncoder, Transducer, TransducerConfig, subsampled_length
 from nnaqat.models.encoder import MIN_INPUT_FRAMES
 
-SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "conv_channels": 4, "dropout": 0.0}
+SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
 
 
 def small_model(predictor: str = "stateless", proj_size: int = 0) -> Transducer:

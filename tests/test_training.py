@@ -11,7 +11,7 @@ from nnaqat.checkpoint import load_checkpoint, save_checkpoint
 from nnaqat.trainer import TrainConfig, lr_factor, pruned_loss_scale, train
 
 MODEL = {
-    "encoder_kwargs": {"hidden_size": 48, "num_layers": 1, "conv_channels": 4, "dropout": 0.1},
+    "encoder_kwargs": {"hidden_size": 48, "num_layers": 1, "dropout": 0.1},
     "predictor_kwargs": {"embedding_dim": 32},
     "joiner_dim": 32,
 }

@@ -29,6 +29,8 @@ from nnaqat.data.datamodule import (
     train_dataloader,
 )
 from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.search import greedy_search
+from nnaqat.decode.wer import error_stats
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
 
 
@@ -53,9 +55,10 @@ class TrainConfig:
     lm_scale: float = 0.25
     am_scale: float = 0.0
     simple_loss_scale: float = 0.5
-    warm_step: int = 300  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
+    warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
     spec_augment: bool = True
     gain_db: float = 0.0
+    eq_db: float = 0.0
     seed: int = 42
     save_every_n: int = 0  # write checkpoint-B.pt every n batches (0: never)
     world_size: int = 1
@@ -111,7 +114,7 @@ class Trainer:
         self.train_dl = train_dataloader(
             self.train_cuts,
             config.max_duration,
-            AugmentConfig(spec_augment=config.spec_augment, gain_db=config.gain_db),
+            AugmentConfig(spec_augment=config.spec_augment, gain_db=config.gain_db, eq_db=config.eq_db),
             seed=config.seed,
             world_size=config.world_size,
             rank=rank,
@@ -201,15 +204,21 @@ class Trainer:
         return loss, stats
 
     def validate(self) -> Dict[str, float]:
+        """Dev pruned loss per utterance and greedy-search WER."""
         self.model.eval()
-        totals = {"pruned_loss": 0.0, "utterances": 0.0}
+        loss, utterances = 0.0, 0.0
+        results = []
         with torch.no_grad():
             for batch in eval_dataloader(self.dev_cuts, self.config.max_duration):
                 _, stats = self.compute_loss(batch, training=False)
-                totals["pruned_loss"] += stats["pruned_loss"] * stats["utterances"]
-                totals["utterances"] += stats["utterances"]
+                loss += stats["pruned_loss"] * stats["utterances"]
+                utterances += stats["utterances"]
+                x, x_lens, _, _, cut_ids, texts = batch_to_tensors(batch, self.tokenizer)
+                encoder_out, encoder_lens, _ = self.model.encoder(x, x_lens)
+                hyps = greedy_search(self.model, encoder_out, encoder_lens)
+                results.extend((i, t.split(), self.tokenizer.decode(h).split()) for i, t, h in zip(cut_ids, texts, hyps))
         self.model.train()
-        return {"dev_pruned_loss": totals["pruned_loss"] / max(totals["utterances"], 1.0)}
+        return {"dev_pruned_loss": loss / max(utterances, 1.0), "dev_greedy_wer": error_stats(results)[0].wer}
 
     def train_epoch(self, epoch: int) -> None:
         config = self.config
@@ -255,6 +264,7 @@ class Trainer:
         self.history.append(record)
         logging.info("epoch %d: %s", epoch, record)
         self.writer.add_scalar("dev/pruned_loss", record["dev_pruned_loss"], epoch)
+        self.writer.add_scalar("dev/greedy_wer", record["dev_greedy_wer"], epoch)
         save_checkpoint(self.exp_dir / f"epoch-{epoch}.pt", self._state(epoch, True))
 
     def run(self) -> None:

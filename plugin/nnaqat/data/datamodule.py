@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ class AugmentConfig:
 
     spec_augment: bool = True
     gain_db: float = 0.0  # random gain in +-gain_db, applied exactly in the log-mel domain
+    eq_db: float = 0.0  # random smooth equaliser curve of at most +-eq_db across the mel bins
 
 
 class RandomGain:
@@ -39,6 +41,31 @@ class RandomGain:
         """``features (N, T, F)`` -> same shape; one gain per utterance."""
         db = (torch.rand(features.size(0), 1, 1) * 2 - 1) * self.max_db
         offset = db * (torch.log(torch.tensor(10.0)) / 10.0)  # 10^(dB/10) energy ratio, in nats
+        floored = features <= LOG_ENERGY_FLOOR + 1e-4
+        return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
+
+
+class RandomEqualizer:
+    """Random microphone/room colouring: a smooth per-utterance curve added across mel bins.
+
+    The curve is a random mix of the first three cosines over the mel axis, scaled so its peak
+    is a random fraction of ``max_db``; it is applied like :class:`RandomGain` (un-floored
+    entries only), so it is the log-mel image of filtering the audio with that response.
+    """
+
+    def __init__(self, max_db: float, num_terms: int = 3) -> None:
+        self.max_db = max_db
+        self.num_terms = num_terms
+
+    def __call__(self, features: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``features (N, T, F)`` -> same shape; one curve per utterance."""
+        n, _, f = features.shape
+        bins = torch.linspace(0, math.pi, f)
+        basis = torch.stack([torch.cos(k * bins) for k in range(1, self.num_terms + 1)])  # (K, F)
+        curves = (torch.rand(n, self.num_terms) * 2 - 1) @ basis  # (N, F)
+        peak = curves.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
+        db = curves / peak * torch.rand(n, 1) * self.max_db
+        offset = (db * (math.log(10.0) / 10.0))[:, None, :]
         floored = features <= LOG_ENERGY_FLOOR + 1e-4
         return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
 
@@ -77,6 +104,8 @@ def train_dataloader(
     transforms: List[Callable] = []
     if augment.gain_db > 0:
         transforms.append(RandomGain(augment.gain_db))
+    if augment.eq_db > 0:
+        transforms.append(RandomEqualizer(augment.eq_db))
     if augment.spec_augment:
         transforms.append(
             SpecAugment(

@@ -1,13 +1,13 @@
 """Transducer building blocks; importing this package registers the built-in variants."""
 
-from nnaqat.models.encoder import Conv2dSubsampling, FeatureNorm, LstmEncoder, subsampled_length
+from nnaqat.models.encoder import FrameStackSubsampling, FeatureNorm, LstmEncoder, subsampled_length
 from nnaqat.models.joiner import AdditiveJoiner
 from nnaqat.models.predictor import LstmPredictor, StatelessPredictor
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
 
 __all__ = [
     "AdditiveJoiner",
-    "Conv2dSubsampling",
+    "FrameStackSubsampling",
     "FeatureNorm",
     "LstmEncoder",
     "LstmPredictor",
