@@ -28,17 +28,17 @@ model_config=conf/model.yaml
 encoder=""                   # override the model config's variants
 predictor=""
 joiner=""
-num_epochs=10
-max_duration=300
-lr=0.002
-warm_step=100                # batches on the simple loss alone; pruned-loss scale 0.1 up to 2x, then 1
+num_epochs=8
+max_duration=150
+lr=0.003
+warm_step=50                 # batches on the simple loss alone; pruned-loss scale 0.1 up to 2x, then 1
 spec_augment=true
 gain_db=10                   # random gain of +-gain_db dB per training utterance (0: off)
 eq_db=0                      # random smooth equaliser curve of up to +-eq_db dB per utterance (0: off)
 seed=42
 world_size=1
 decode_epoch=""              # default: num_epochs
-avg=3
+avg=2
 decode_methods="greedy_search modified_beam_search"
 beam_size=4
 exp_tag=""                   # experiment folder name under exp/ (default: derived from options)
@@ -124,7 +124,7 @@ if run_stage 5; then
     start_epoch=1
     while [ -f "$exp/epoch-$start_epoch.pt" ]; do start_epoch=$((start_epoch + 1)); done
     log "training $exp from epoch $start_epoch"
-    python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}.jsonl.gz" \
+    python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}${speed_perturb:+_sp}.jsonl.gz" \
       --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
       --model-config "$model_config" ${encoder:+--encoder $encoder} ${predictor:+--predictor $predictor} \
       ${joiner:+--joiner $joiner} --exp-dir "$exp" --num-epochs "$num_epochs" --start-epoch "$start_epoch" \

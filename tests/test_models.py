@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from nnaqat import registry
-from nnaqat.models import LstmEncoder, Transducer, TransducerConfig, subsampled_length
-from nnaqat.models.encoder import MIN_INPUT_FRAMES
+from nnaqat.models import LstmEncoder, Transducer, TransducerConfig
 
 SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
 
@@ -50,35 +49,38 @@ def test_entry_point_plugins_can_add_variants(monkeypatch):
     assert isinstance(registry.build("encoder", "plugin-test", **SMALL_ENCODER), LstmEncoder)
 
 
-@pytest.mark.parametrize("frames", [9, 10, 11, 12, 13, 50, 101])
+@pytest.mark.parametrize("frames", [17, 18, 24, 25, 26, 50, 101])
 @pytest.mark.parametrize("proj_size", [0, 24])
-def test_encoder_shapes_and_lengths(frames, proj_size):
-    encoder = LstmEncoder(**SMALL_ENCODER, proj_size=proj_size).eval()
+@pytest.mark.parametrize("factor", [4, 8])
+def test_encoder_shapes_and_lengths(frames, proj_size, factor):
+    encoder = LstmEncoder(**SMALL_ENCODER, proj_size=proj_size, subsampling_factor=factor).eval()
+    assert encoder.min_input_frames == 2 * factor + 1 and encoder.output_length(2 * factor + 1) == 1
     x = torch.randn(3, frames, 80)
-    lens = torch.tensor([frames, max(9, frames - 1), 9])
+    lens = torch.tensor([frames, max(17, frames - 1), 17])
     out, out_lens, (h, c) = encoder(x, lens)
-    assert out.shape == (3, subsampled_length(frames), encoder.d_model)
-    assert out_lens.tolist() == [subsampled_length(int(n)) for n in lens]
+    expected = [(int(n) - 2 * factor - 1) // factor + 1 for n in lens]
+    assert out.shape == (3, expected[0], encoder.d_model)
+    assert out_lens.tolist() == expected
     assert h.shape == (2, 3, encoder.d_model) and c.shape == (2, 3, 32)
-    assert subsampled_length(9) == 1
 
 
 def test_too_short_input_is_rejected_clearly():
-    encoder = LstmEncoder(**SMALL_ENCODER)
+    encoder = LstmEncoder(**SMALL_ENCODER, subsampling_factor=8)
     x = torch.randn(2, 20, 80)
-    with pytest.raises(ValueError, match=r"batch index \[1\].*at least 9"):
-        encoder(x, torch.tensor([20, MIN_INPUT_FRAMES - 1]))
+    with pytest.raises(ValueError, match=r"batch index \[1\].*at least 17"):
+        encoder(x, torch.tensor([20, 16]))
 
 
-def test_encoder_is_causal_and_streams_in_chunks():
-    encoder = LstmEncoder(**SMALL_ENCODER).eval()
-    x = torch.randn(1, 67, 80)
-    full, _, _ = encoder(x, torch.tensor([67]))
-    # Output frame j sees input frames 4j .. 4j+8: chunks of n outputs take 4n+5 inputs, overlapping by 5.
+@pytest.mark.parametrize("factor", [4, 8])
+def test_encoder_is_causal_and_streams_in_chunks(factor):
+    encoder = LstmEncoder(**SMALL_ENCODER, subsampling_factor=factor).eval()
+    x = torch.randn(1, 131, 80)
+    full, _, _ = encoder(x, torch.tensor([131]))
+    # Output frame j sees input frames f*j .. f*j+2f: n outputs take f*n+f+1 inputs, overlapping by f+1.
     state, pieces = None, []
     for start in range(0, full.size(1), 4):
         stop = min(start + 4, full.size(1))
-        chunk = x[:, 4 * start : 4 * stop + 5]
+        chunk = x[:, factor * start : factor * stop + factor + 1]
         out, _, state = encoder(chunk, torch.tensor([chunk.size(1)]), state)
         pieces.append(out)
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)

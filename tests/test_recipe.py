@@ -23,7 +23,7 @@ def test_unknown_option_is_an_error(tmp_path):
 def test_help_lists_options(tmp_path):
     done = run(["--help"], tmp_path)
     assert done.returncode == 0
-    assert "--holdout-speaker" in done.stderr and "--num-epochs 10" in done.stderr
+    assert "--holdout-speaker" in done.stderr and "--num-epochs 8" in done.stderr
 
 
 def test_external_manifests_through_fbank_and_tokens(fsdd_manifests, tmp_path):

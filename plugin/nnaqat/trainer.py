@@ -48,7 +48,7 @@ class TrainConfig:
     start_batch: int = 0
     max_duration: float = 200.0
     lr: float = 2e-3
-    warmup_batches: int = 200
+    warmup_batches: int = 100
     weight_decay: float = 1e-6
     grad_clip: float = 5.0
     prune_range: int = 5
@@ -104,12 +104,12 @@ class Trainer:
         self.rank = rank
         self.exp_dir = Path(config.exp_dir)
         self.tokenizer = Tokenizer(config.bpe_model)
-        cuts = load_manifest_lazy(config.train_cuts).to_eager()
-        self.train_cuts, self.dropped = filter_trainable(cuts, self.tokenizer)
-        self.dev_cuts = load_manifest_lazy(config.dev_cuts).to_eager()
         model_config = TransducerConfig(vocab_size=len(self.tokenizer), **config.model)
         _seed_batch(config.seed, -1)  # deterministic initialisation
         self.model: Transducer = build_transducer(model_config)
+        cuts = load_manifest_lazy(config.train_cuts).to_eager()
+        self.train_cuts, self.dropped = filter_trainable(cuts, self.tokenizer, self.model.encoder.output_length)
+        self.dev_cuts = load_manifest_lazy(config.dev_cuts).to_eager()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.train_dl = train_dataloader(
             self.train_cuts,

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 
 from nnaqat.data.features import LOG_ENERGY_FLOOR
 from nnaqat.data.tokenizer import Tokenizer
-from nnaqat.models.encoder import MIN_INPUT_FRAMES, subsampled_length
 
 
 @dataclass
@@ -70,13 +69,13 @@ class RandomEqualizer:
         return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
 
 
-def transducer_frames_ok(num_frames: int, num_tokens: int) -> bool:
-    """The pruned loss needs at least one encoder frame per token."""
-    return num_frames >= MIN_INPUT_FRAMES and subsampled_length(num_frames) >= num_tokens
-
-
-def filter_trainable(cuts: CutSet, tokenizer: Tokenizer) -> Tuple[CutSet, List[str]]:
+def filter_trainable(
+    cuts: CutSet, tokenizer: Tokenizer, output_length: Callable[[int], int]
+) -> Tuple[CutSet, List[str]]:
     """Drops cuts too short for their transcript; returns the kept cuts and the dropped ids.
+
+    The pruned loss needs at least one encoder frame per token; ``output_length`` maps input
+    frames to encoder frames.
 
     Empty or unencodable transcripts raise ValueError naming the utterance: they are data
     errors to fix, not utterances to skip silently.
@@ -84,7 +83,7 @@ def filter_trainable(cuts: CutSet, tokenizer: Tokenizer) -> Tuple[CutSet, List[s
     kept, dropped = [], []
     for cut in cuts:
         num_tokens = sum(len(tokenizer.encode(s.text, cut.id)) for s in cut.supervisions)
-        (kept if transducer_frames_ok(cut.num_frames, num_tokens) else dropped).append(cut)
+        (kept if output_length(cut.num_frames) >= max(num_tokens, 1) else dropped).append(cut)
     if dropped:
         logging.warning("dropped %d cut(s) too short for their transcript: %s", len(dropped), [c.id for c in dropped[:10]])
     return CutSet.from_cuts(kept), [c.id for c in dropped]

@@ -16,7 +16,6 @@ from nnaqat.data.features import SAMPLING_RATE, fbank_extractor
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.search import search
 from nnaqat.decode.wer import Result
-from nnaqat.models.encoder import MIN_INPUT_FRAMES
 from nnaqat.models.transducer import Transducer
 
 
@@ -32,7 +31,7 @@ def cuts_from_wavs(paths: Sequence[Path | str]) -> CutSet:
         SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=r.duration, text="") for r in recordings
     ]
     cuts = CutSet.from_manifests(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
-    return cuts.resample(SAMPLING_RATE)
+    return CutSet.from_cuts(c.with_id(c.recording_id) for c in cuts).resample(SAMPLING_RATE)
 
 
 def decode_cuts(
@@ -54,10 +53,11 @@ def decode_cuts(
     if not with_features:
         cuts = cuts.resample(SAMPLING_RATE)
     frame_shift = 0.01
-    short = [c for c in cuts if round(c.duration / frame_shift) < MIN_INPUT_FRAMES]
+    min_frames = model.encoder.min_input_frames
+    short = [c for c in cuts if round(c.duration / frame_shift) < min_frames]
     results: List[Result] = [(c.id, c.supervisions[0].text.split(), []) for c in short]
     if short:
-        logging.warning("%d utterance(s) too short to decode (< %d frames): %s", len(short), MIN_INPUT_FRAMES,
+        logging.warning("%d utterance(s) too short to decode (< %d frames): %s", len(short), min_frames,
                         [c.id for c in short])
     short_ids = {c.id for c in short}
     cuts = cuts.filter(lambda c: c.id not in short_ids).to_eager()

@@ -1,6 +1,6 @@
 """Transducer building blocks; importing this package registers the built-in variants."""
 
-from nnaqat.models.encoder import FrameStackSubsampling, FeatureNorm, LstmEncoder, subsampled_length
+from nnaqat.models.encoder import FrameStackSubsampling, FeatureNorm, LstmEncoder
 from nnaqat.models.joiner import AdditiveJoiner
 from nnaqat.models.predictor import LstmPredictor, StatelessPredictor
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
@@ -15,5 +15,4 @@ __all__ = [
     "Transducer",
     "TransducerConfig",
     "build_transducer",
-    "subsampled_length",
 ]

@@ -12,15 +12,6 @@ from nnaqat.registry import register
 LstmState = Tuple[torch.Tensor, torch.Tensor]
 
 
-def subsampled_length(num_frames: torch.Tensor | int) -> torch.Tensor | int:
-    """Output frames of :class:`FrameStackSubsampling` for ``num_frames`` input frames."""
-    return (num_frames - 5) // 4
-
-
-# Smallest input that yields one output frame.
-MIN_INPUT_FRAMES = 9
-
-
 class FeatureNorm(nn.Module):
     """Per-bin mean/variance normalisation with statistics fixed before training.
 
@@ -44,31 +35,35 @@ class FeatureNorm(nn.Module):
 
 
 class FrameStackSubsampling(nn.Module):
-    """Splices 9 consecutive frames every 4th frame and projects them: 4x subsampling.
+    """Splices ``2 * factor + 1`` frames every ``factor`` frames and projects them.
 
-    ``(N, T, F) -> (N, T', D)`` with ``T' = (T - 5) // 4``: output frame j sees input frames
-    4j .. 4j+8, so chunks overlapping by 5 frames stream exactly. One matmul, which is what an
-    8-bit NNA runs best. (A 3-layer ReLU conv front-end with the same window trained far slower
-    here: on FSDD it had not left the all-blank plateau after 500 updates; this layer does.)
+    ``(N, T, F) -> (N, T', D)`` with ``T' = (T - 2 * factor - 1) // factor + 1``: output frame
+    j sees input frames ``factor * j .. factor * (j + 2)``, so chunks overlapping by
+    ``factor + 1`` frames stream exactly. One matmul, which is what an 8-bit NNA runs best.
+    (A 3-layer ReLU conv front-end trained far slower here: on FSDD it had not left the
+    all-blank plateau after 500 updates.)
     """
 
-    window = 9
-    stride = 4
-
-    def __init__(self, num_features: int, output_dim: int) -> None:
+    def __init__(self, num_features: int, output_dim: int, factor: int = 4) -> None:
         super().__init__()
+        self.factor = factor
+        self.window = 2 * factor + 1
         self.out = nn.Linear(self.window * num_features, output_dim)
+
+    def output_length(self, num_frames: torch.Tensor | int) -> torch.Tensor | int:
+        """Output frames for ``num_frames`` input frames (< 1 when too short)."""
+        return (num_frames - self.window) // self.factor + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, T, F) -> (N, T', D)``."""
-        frames = x.unfold(1, self.window, self.stride)  # (N, T', F, window)
+        frames = x.unfold(1, self.window, self.factor)  # (N, T', F, window)
         n, t, f, w = frames.shape
         return self.out(frames.transpose(2, 3).reshape(n, t, w * f))
 
 
 @register("encoder", "lstm")
 class LstmEncoder(nn.Module):
-    """Feature normalisation, 4x frame-stacking subsampling and a stack of unidirectional LSTMs.
+    """Feature normalisation, 4x frame-stacking subsampling and residual unidirectional LSTMs.
 
     With ``proj_size > 0`` each LSTM layer projects its hidden state to ``d_model = proj_size``
     (LSTMP); otherwise ``d_model = hidden_size``. The states are ``(h, c)`` with shapes
@@ -82,6 +77,7 @@ class LstmEncoder(nn.Module):
         hidden_size: int = 256,
         num_layers: int = 2,
         proj_size: int = 0,
+        subsampling_factor: int = 4,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -90,17 +86,15 @@ class LstmEncoder(nn.Module):
         self.d_model = proj_size if proj_size > 0 else hidden_size
         self.output_dim = self.d_model
         self.feature_norm = FeatureNorm(num_features)
-        self.subsampling = FrameStackSubsampling(num_features, self.d_model)
-        self.input_dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(
-            self.d_model,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-            proj_size=proj_size,
+        self.subsampling = FrameStackSubsampling(num_features, self.d_model, subsampling_factor)
+        self.output_length = self.subsampling.output_length
+        self.min_input_frames = self.subsampling.window
+        self.dropout = nn.Dropout(dropout)
+        # One LSTM per layer with a residual connection around each: the joiner sees the
+        # acoustic frames from the first update on, which shortens the all-blank plateau.
+        self.layers = nn.ModuleList(
+            nn.LSTM(self.d_model, hidden_size, batch_first=True, proj_size=proj_size) for _ in range(num_layers)
         )
-        self.output_dropout = nn.Dropout(dropout)
 
     def initial_state(self, batch_size: int) -> LstmState:
         """Zero states ``((L, N, d_model), (L, N, hidden_size))``."""
@@ -121,18 +115,23 @@ class LstmEncoder(nn.Module):
           ``(out (N, T', d_model), out_lens (N,), new_state)``. The state is taken after the
           last *computed* frame, which is only meaningful for unpadded (streaming) input.
         Raises:
-          ValueError: an utterance is shorter than ``MIN_INPUT_FRAMES``.
+          ValueError: an utterance is shorter than ``min_input_frames``.
         """
-        too_short = (x_lens < MIN_INPUT_FRAMES).nonzero().flatten().tolist()
+        too_short = (x_lens < self.min_input_frames).nonzero().flatten().tolist()
         if too_short:
             raise ValueError(
                 f"utterance(s) at batch index {too_short} have {x_lens[too_short].tolist()} "
-                f"frames; the encoder needs at least {MIN_INPUT_FRAMES}"
+                f"frames; the encoder needs at least {self.min_input_frames}"
             )
-        out = self.input_dropout(self.subsampling(self.feature_norm(x)))
-        out_lens = subsampled_length(x_lens)
+        out = self.dropout(self.subsampling(self.feature_norm(x)))
+        out_lens = self.output_length(x_lens)
         if state is None:
             state = self.initial_state(x.size(0))
             state = (state[0].to(x), state[1].to(x))
-        out, new_state = self.lstm(out, state)
-        return self.output_dropout(out), out_lens, new_state
+        new_h, new_c = [], []
+        for i, layer in enumerate(self.layers):
+            y, (h, c) = layer(out, (state[0][i : i + 1], state[1][i : i + 1]))
+            out = out + self.dropout(y)
+            new_h.append(h)
+            new_c.append(c)
+        return out, out_lens, (torch.cat(new_h), torch.cat(new_c))
