@@ -185,7 +185,7 @@ class Trainer:
             am_scale=self.config.am_scale, lm_scale=self.config.lm_scale,
         )
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
-        if not bool(finite.all()):
+        if training and not bool(finite.all()):
             bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
             self.non_finite += len(bad)
             logging.warning("non-finite loss for %s (skipped; %d so far)", bad, self.non_finite)
@@ -194,12 +194,12 @@ class Trainer:
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
         pruned_mean = torch.where(finite, pruned, 0.0).sum() / num
         loss = self.config.simple_loss_scale * simple_mean + scale * pruned_mean
-        frames = x_lens[finite].sum().item() / 4 if bool(finite.any()) else 1.0
+        frames = float(self.model.encoder.output_length(x_lens[finite]).sum())
         stats = {
             "utterances": float(finite.sum()),
             "simple_loss": simple_mean.item(),
             "pruned_loss": pruned_mean.item(),
-            "loss_per_frame": (pruned[finite].sum().item() / max(frames, 1.0)) if bool(finite.any()) else float("nan"),
+            "loss_per_frame": pruned[finite].sum().item() / frames if frames > 0 else float("nan"),
         }
         return loss, stats
 
