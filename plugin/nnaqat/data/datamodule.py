@@ -25,6 +25,14 @@ class AugmentConfig:
     eq_db: float = 0.0  # random smooth equaliser curve of at most +-eq_db across the mel bins
 
 
+def add_log_energy(features: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """Adds ``db`` decibels (broadcast to ``features``) to log-mel energies, exactly as scaling
+    the audio would: un-floored entries move and clamp at the floor, digital silence stays."""
+    offset = db * (math.log(10.0) / 10.0)  # 10^(dB/10) energy ratio, in nats
+    floored = features <= LOG_ENERGY_FLOOR + 1e-4
+    return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
+
+
 class RandomGain:
     """Volume perturbation computed on log-mel features instead of audio.
 
@@ -39,17 +47,15 @@ class RandomGain:
     def __call__(self, features: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``features (N, T, F)`` -> same shape; one gain per utterance."""
         db = (torch.rand(features.size(0), 1, 1) * 2 - 1) * self.max_db
-        offset = db * (torch.log(torch.tensor(10.0)) / 10.0)  # 10^(dB/10) energy ratio, in nats
-        floored = features <= LOG_ENERGY_FLOOR + 1e-4
-        return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
+        return add_log_energy(features, db)
 
 
 class RandomEqualizer:
     """Random microphone/room colouring: a smooth per-utterance curve added across mel bins.
 
     The curve is a random mix of the first three cosines over the mel axis, scaled so its peak
-    is a random fraction of ``max_db``; it is applied like :class:`RandomGain` (un-floored
-    entries only), so it is the log-mel image of filtering the audio with that response.
+    is a random fraction of ``max_db``; :func:`add_log_energy` applies it, so it is the log-mel
+    image of filtering the audio with that response.
     """
 
     def __init__(self, max_db: float, num_terms: int = 3) -> None:
@@ -64,9 +70,7 @@ class RandomEqualizer:
         curves = (torch.rand(n, self.num_terms) * 2 - 1) @ basis  # (N, F)
         peak = curves.abs().amax(dim=1, keepdim=True).clamp_min(1e-6)
         db = curves / peak * torch.rand(n, 1) * self.max_db
-        offset = (db * (math.log(10.0) / 10.0))[:, None, :]
-        floored = features <= LOG_ENERGY_FLOOR + 1e-4
-        return torch.where(floored, features, (features + offset).clamp_min(LOG_ENERGY_FLOOR))
+        return add_log_energy(features, db[:, None, :])
 
 
 def filter_trainable(

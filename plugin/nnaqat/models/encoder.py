@@ -1,4 +1,4 @@
-"""Causal encoder: global feature normalisation, 4x frame-stacking subsampling, stacked LSTM."""
+"""Causal encoder: global feature normalisation, frame-stacking subsampling, residual LSTMs."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class FrameStackSubsampling(nn.Module):
 
 @register("encoder", "lstm")
 class LstmEncoder(nn.Module):
-    """Feature normalisation, 4x frame-stacking subsampling and residual unidirectional LSTMs.
+    """Feature normalisation, frame-stacking subsampling and residual unidirectional LSTMs.
 
     With ``proj_size > 0`` each LSTM layer projects its hidden state to ``d_model = proj_size``
     (LSTMP); otherwise ``d_model = hidden_size``. The states are ``(h, c)`` with shapes
