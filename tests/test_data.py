@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from lhotse import CutSet, load_manifest
 
-from nnaqat.data.datamodule import RandomGain
-from nnaqat.data.features import LOG_ENERGY_FLOOR, compute_fbank, fbank_extractor
+from nnaqat.data.datamodule import RandomGain, RandomMelWarp
+from nnaqat.data.features import LOG_ENERGY_FLOOR, SAMPLING_RATE, compute_fbank, fbank_extractor, mel_bin_centers_hz
 from nnaqat.data.fsdd import DIGIT_WORDS, compose_connected_digits, prepare_fsdd
 from nnaqat.data.tokenizer import Tokenizer, train_bpe
 
@@ -83,6 +83,24 @@ def test_random_gain_is_exact_volume_change():
     assert abs(float(offset)) <= np.log(10.0) + 1e-6
     assert y[0, 0, 0] == LOG_ENERGY_FLOOR  # digital silence stays silent
     assert y[0, 0, 1] == pytest.approx(max(-3.0 + float(offset), LOG_ENERGY_FLOOR))
+
+
+def test_mel_warp_moves_a_tone_like_a_frequency_scale():
+    import torch
+
+    extractor = fbank_extractor()
+    t = np.arange(SAMPLING_RATE // 2) / SAMPLING_RATE
+    fbank = lambda hz: torch.from_numpy(extractor.extract(np.sin(2 * np.pi * hz * t).astype(np.float32), SAMPLING_RATE))
+    tone = fbank(1000.0)[None]
+    warp = RandomMelWarp(0.2, mel_bin_centers_hz())
+    assert torch.allclose(warp.warp(tone, torch.tensor([1.0])), tone, atol=1e-3)
+    for alpha in (0.85, 1.15):
+        warped = warp.warp(tone, torch.tensor([alpha]))
+        assert warped.shape == tone.shape
+        expected = fbank(1000.0 * alpha).mean(0).argmax()
+        assert abs(int(warped[0].mean(0).argmax()) - int(expected)) <= 1
+    torch.manual_seed(0)
+    assert warp(tone.repeat(3, 1, 1)).shape == (3, *tone.shape[1:])
 
 
 def test_corrupt_audio_names_the_file(fsdd_dir, tmp_path):

@@ -12,7 +12,7 @@ from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, K2SpeechRecognitionDataset, SimpleCutSampler, SpecAugment
 from torch.utils.data import DataLoader
 
-from nnaqat.data.features import LOG_ENERGY_FLOOR
+from nnaqat.data.features import LOG_ENERGY_FLOOR, mel_bin_centers_hz
 from nnaqat.data.tokenizer import Tokenizer
 
 
@@ -21,8 +21,11 @@ class AugmentConfig:
     """Feature-domain augmentation applied to training batches."""
 
     spec_augment: bool = True
+    time_warp: int = 20  # SpecAugment's time-warp factor (frames; 0: off)
+    time_mask_frames: int = 20  # longest SpecAugment time mask (0: no time masks)
     gain_db: float = 0.0  # random gain in +-gain_db, applied exactly in the log-mel domain
     eq_db: float = 0.0  # random smooth equaliser curve of at most +-eq_db across the mel bins
+    mel_warp: float = 0.0  # vocal-tract-length perturbation: frequency scale in 1 +- mel_warp
 
 
 def add_log_energy(features: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
@@ -73,6 +76,38 @@ class RandomEqualizer:
         return add_log_energy(features, db[:, None, :])
 
 
+class RandomMelWarp:
+    """Vocal-tract-length perturbation (VTLP) on log-mel features.
+
+    Each utterance gets a frequency scale ``alpha`` in ``1 +- max_warp``; output bin ``i`` takes
+    the input's log energy at ``f_i / alpha`` (linear interpolation between bin centres, clamped
+    at the band edges), so formants move by ``alpha`` as for a shorter or longer vocal tract.
+    Unlike speed perturbation, duration and the number of frames are unchanged.
+    """
+
+    def __init__(self, max_warp: float, centers_hz: torch.Tensor) -> None:
+        self.max_warp = max_warp
+        self.centers_hz = centers_hz.double()
+        self.mel = 1127.0 * torch.log1p(self.centers_hz / 700.0)
+
+    def __call__(self, features: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``features (N, T, F)`` -> same shape; one warp factor per utterance."""
+        alpha = 1.0 + (torch.rand(features.size(0), dtype=torch.float64) * 2 - 1) * self.max_warp
+        return self.warp(features, alpha)
+
+    def warp(self, features: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """``features (N, T, F)`` with utterance ``n`` scaled in frequency by ``alpha[n]``."""
+        f = features.size(2)
+        source_mel = 1127.0 * torch.log1p(self.centers_hz / alpha[:, None].double() / 700.0)  # (N, F)
+        # Fractional input-bin index of each source frequency (mel centres are equally spaced).
+        step = self.mel[1] - self.mel[0]
+        pos = ((source_mel - self.mel[0]) / step).clamp(0, f - 1)
+        low = pos.floor().long().clamp(max=f - 2)
+        frac = (pos - low).to(features.dtype)[:, None, :]
+        index = lambda i: i[:, None, :].expand(-1, features.size(1), -1)
+        return features.gather(2, index(low)) * (1 - frac) + features.gather(2, index(low + 1)) * frac
+
+
 def filter_trainable(
     cuts: CutSet, tokenizer: Tokenizer, output_length: Callable[[int], int]
 ) -> Tuple[CutSet, List[str]]:
@@ -109,12 +144,15 @@ def train_dataloader(
         transforms.append(RandomGain(augment.gain_db))
     if augment.eq_db > 0:
         transforms.append(RandomEqualizer(augment.eq_db))
+    if augment.mel_warp > 0:
+        transforms.append(RandomMelWarp(augment.mel_warp, mel_bin_centers_hz()))
     if augment.spec_augment:
+        # lhotse divides by num_frame_masks; masks of size 1 have length randint(0, 1) = 0, i.e. none.
         transforms.append(
             SpecAugment(
-                time_warp_factor=20,
-                num_frame_masks=2,
-                frames_mask_size=20,
+                time_warp_factor=augment.time_warp,
+                num_frame_masks=2 if augment.time_mask_frames > 0 else 1,
+                frames_mask_size=max(augment.time_mask_frames, 1),
                 features_mask_size=15,
                 num_feature_masks=2,
             )

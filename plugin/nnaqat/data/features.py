@@ -6,17 +6,30 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 
 SAMPLING_RATE = 16000
 NUM_MEL_BINS = 80
+LOW_FREQ = 20.0
+HIGH_FREQ = -400.0  # relative to Nyquist
 # Fbank clamps mel energies at float32 epsilon before the log: the value of digital silence.
 LOG_ENERGY_FLOOR = math.log(1.1920928955078125e-07)
 
 
 def fbank_extractor() -> Fbank:
     """The recipe's feature extractor (dither 0, no edge snipping, high_freq -400)."""
-    return Fbank(FbankConfig(num_mel_bins=NUM_MEL_BINS, dither=0.0, snip_edges=False, high_freq=-400.0))
+    return Fbank(
+        FbankConfig(num_mel_bins=NUM_MEL_BINS, dither=0.0, snip_edges=False, low_freq=LOW_FREQ, high_freq=HIGH_FREQ)
+    )
+
+
+def mel_bin_centers_hz() -> torch.Tensor:
+    """Centre frequencies ``(NUM_MEL_BINS,)`` of the extractor's triangular mel filters (Kaldi's mel scale)."""
+    high = SAMPLING_RATE / 2 + HIGH_FREQ if HIGH_FREQ <= 0 else HIGH_FREQ
+    mel = lambda hz: 1127.0 * math.log1p(hz / 700.0)
+    centers = torch.linspace(mel(LOW_FREQ), mel(high), NUM_MEL_BINS + 2)[1:-1].double()
+    return 700.0 * torch.expm1(centers / 1127.0)
 
 
 def compute_fbank(
