@@ -3,14 +3,14 @@
 # holds the corpus's own data preparation (local/prepare_data.py) and conf/; outputs go to
 # ./data and ./exp there. Every stage is idempotent: it skips work whose outputs exist.
 #
-#   ../../run.sh --corpus fsdd --stage 0 --stop-stage 7
+#   ../../run.sh --corpus fsdd --stage 0 --stop-stage 8
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # ---- options (each --foo-bar VALUE sets foo_bar) ----
 stage=0
-stop_stage=7
+stop_stage=8
 corpus=fsdd
 dl_dir=download              # where the corpus is downloaded/extracted
 local_tarball=""             # use this corpus archive instead of downloading
@@ -35,6 +35,7 @@ warm_step=50                 # batches on the simple loss alone; pruned-loss sca
 spec_augment=true
 gain_db=10                   # random gain of +-gain_db dB per training utterance (0: off)
 eq_db=0                      # random smooth equaliser curve of up to +-eq_db dB per utterance (0: off)
+train_args=""                # extra local/train.py flags, e.g. "--mel-warp 0.1 --time-mask-frames 5"
 seed=42
 world_size=1
 decode_epoch=""              # default: num_epochs
@@ -42,11 +43,15 @@ avg=2
 decode_methods="greedy_search modified_beam_search"
 beam_size=4
 exp_tag=""                   # experiment folder name under exp/ (default: derived from options)
+quant_runs="ptq:8 s8bqat:2"  # stage 7: quantized models of the fp32 one, QUANTIZER:BITS or QUANTIZER:bits.yaml
+qat_epochs=2                 # quantization-aware fine-tuning epochs (quantizers that train)
+qat_lr=0.001
+qat_args=""                  # extra local/train.py flags for it, e.g. "--mracos-weight 10 --compress-every 20"
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
   num_test holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
-  spec_augment gain_db eq_db seed world_size decode_epoch avg decode_methods beam_size exp_tag nj"
+  spec_augment gain_db eq_db train_args seed world_size decode_epoch avg decode_methods beam_size exp_tag quant_runs qat_epochs qat_lr qat_args nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
 
@@ -129,22 +134,83 @@ if run_stage 5; then
       --model-config "$model_config" ${encoder:+--encoder $encoder} ${predictor:+--predictor $predictor} \
       ${joiner:+--joiner $joiner} --exp-dir "$exp" --num-epochs "$num_epochs" --start-epoch "$start_epoch" \
       --max-duration "$max_duration" --lr "$lr" --warm-step "$warm_step" --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
-      --seed "$seed" --world-size "$world_size" 2>&1 | tee -a "$log_file"
+      --seed "$seed" --world-size "$world_size" $train_args 2>&1 | tee -a "$log_file"
   fi
 fi
 
-if run_stage 6; then
-  current_stage=6
-  sets=()
+decode() {  # decode EXP_DIR MODEL_FLAGS...: every method on every set but the training one
+  local exp_dir=$1
+  shift
+  local sets=() part method
   for part in "${part_list[@]:1}"; do sets+=("$part=$data/fbank/${prefix}_cuts_${part}.jsonl.gz"); done
   for method in $decode_methods; do
-    log "decoding with $method (epoch $decode_epoch, avg $avg)"
-    python "$root/local/decode.py" --exp-dir "$exp" --epoch "$decode_epoch" --avg "$avg" --bpe-model "$lang/bpe.model" \
+    log "decoding $exp_dir with $method ($*)"
+    python "$root/local/decode.py" --exp-dir "$exp_dir" "$@" --bpe-model "$lang/bpe.model" \
       --method "$method" --beam-size "$beam_size" --cuts "${sets[@]}" 2>&1 | tee -a "$log_file"
+  done
+}
+
+if run_stage 6; then
+  current_stage=6
+  decode "$exp" --epoch "$decode_epoch" --avg "$avg"
+fi
+
+quant_exp() {  # QUANTIZER:BITS or QUANTIZER:file.yaml -> folder of that quantized model
+  local quantizer=${1%%:*} bits=${1#*:}
+  if [[ $bits == *.yaml ]]; then echo "$exp-$quantizer-$(basename "$bits" .yaml)"; else echo "$exp-$quantizer-${bits}bit"; fi
+}
+
+if run_stage 7 && [ -n "$quant_runs" ]; then
+  current_stage=7
+  pretrained=$exp/pretrained.pt
+  if [ ! -f "$pretrained" ]; then
+    log "averaging $exp (epoch $decode_epoch, avg $avg) into $pretrained"
+    python "$root/local/average_checkpoints.py" --exp-dir "$exp" --epoch "$decode_epoch" --avg "$avg" --out "$pretrained"
+  fi
+  for run in $quant_runs; do
+    quantizer=${run%%:*}
+    bits=${run#*:}
+    qexp=$(quant_exp "$run")
+    if [[ $bits == *.yaml ]]; then bit_flags=(--bit-config "$bits"); else bit_flags=(--weight-bits "$bits"); fi
+    mkdir -p "$qexp"
+    trains=$(python -c "from nnaqat import registry; print(int(registry.get('quantizer', '$quantizer').trains))")
+    if [ "$trains" = 0 ]; then
+      log "$quantizer ${bit_flags[*]}: post-training quantization of $pretrained"
+      decode "$qexp" --checkpoint "$pretrained" --quantizer "$quantizer" "${bit_flags[@]}"
+      python "$root/local/export_packed.py" --checkpoint "$pretrained" --quantizer "$quantizer" "${bit_flags[@]}" \
+        --out "$qexp/model.pack" | tee -a "$log_file"
+      continue
+    fi
+    qat_flags=()
+    if [ "$quantizer" = s8bqat ]; then
+      [ -f "$qexp/centroids.pt" ] || python "$root/local/derive_centroids.py" --checkpoint "$pretrained" \
+        "${bit_flags[@]}" --out "$qexp/centroids.pt" 2>&1 | tee -a "$log_file"
+      qat_flags=(--centroids "$qexp/centroids.pt")
+    fi
+    if [ -f "$qexp/epoch-$qat_epochs.pt" ]; then
+      log "$qexp already trained"
+    else
+      start_epoch=1
+      while [ -f "$qexp/epoch-$start_epoch.pt" ]; do start_epoch=$((start_epoch + 1)); done
+      log "quantization-aware training: $quantizer ${bit_flags[*]} from $pretrained into $qexp"
+      python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}${speed_perturb:+_sp}.jsonl.gz" \
+        --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
+        --init-checkpoint "$pretrained" --quantizer "$quantizer" "${bit_flags[@]}" "${qat_flags[@]}" \
+        --exp-dir "$qexp" --num-epochs "$qat_epochs" --start-epoch "$start_epoch" --max-duration "$max_duration" \
+        --lr "$qat_lr" --warm-step 0 --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
+        --seed "$seed" --world-size "$world_size" $train_args $qat_args 2>&1 | tee -a "$log_file"
+    fi
+    qavg=$((avg < qat_epochs ? avg : qat_epochs))
+    decode "$qexp" --epoch "$qat_epochs" --avg "$qavg"
+    python "$root/local/export_packed.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qavg" \
+      --out "$qexp/model.pack" | tee -a "$log_file"
   done
 fi
 
-if run_stage 7; then
-  current_stage=7
-  python "$root/local/results_table.py" --exp-dir "$exp" | tee -a "$log_file"
+if run_stage 8; then
+  current_stage=8
+  quant_exps=()
+  for run in $quant_runs; do quant_exps+=("$(quant_exp "$run")"); done
+  python "$root/local/results_table.py" --exp-dir "$exp" "${quant_exps[@]}" \
+    ${quant_runs:+--plot-wer-bytes "$exp/wer-vs-bytes.png"} | tee -a "$log_file"
 fi

@@ -4,6 +4,10 @@
   local/decode.py --exp-dir exp/fp32 --epoch 10 --avg 3 --bpe-model data/lang_bpe_32/bpe.model \\
       --method modified_beam_search --beam-size 4 --cuts test=data/fbank/fsdd_cuts_test.jsonl.gz
   local/decode.py --checkpoint exp/fp32/epoch-10.pt --bpe-model ... --wavs a.wav b.wav
+
+Quantization-aware checkpoints decode with their weights snapped onto their codebooks; a packed
+side-car (``--checkpoint model.pack``) decodes as is; ``--quantizer ptq --weight-bits K`` rounds
+an fp32 model's weights after training (the post-training baseline).
 """
 
 import argparse
@@ -13,10 +17,13 @@ from pathlib import Path
 import torch
 from lhotse import load_manifest_lazy
 
+from nnaqat import registry
 from nnaqat.checkpoint import epoch_checkpoints, load_model
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
 from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.export import load_packed
+from nnaqat.quant import QuantConfig, quantize_
 
 
 def get_args() -> argparse.Namespace:
@@ -32,6 +39,10 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--cuts", nargs="*", default=[], help="NAME=manifest.jsonl.gz (features or audio)")
     parser.add_argument("--wavs", nargs="*", default=[], type=Path, help="wav files (any sample rate)")
     parser.add_argument("--num-threads", type=int, default=0)
+    parser.add_argument("--quantizer", default="none", choices=registry.names("quantizer"),
+                        help="quantize an fp32 model's weights after training (ptq; s8bqat: Lloyd-Max rounding)")
+    parser.add_argument("--weight-bits", type=int, default=8)
+    parser.add_argument("--bit-config", default="", help="YAML {parameter glob: bits}")
     return parser.parse_args()
 
 
@@ -47,7 +58,16 @@ def main() -> None:
         raise SystemExit("give --epoch (and --avg) or --checkpoint")
     if args.method == "modified_beam_search":
         suffix += f"-beam-{args.beam_size}"
-    model = load_model(paths)
+    model = load_packed(args.checkpoint) if args.checkpoint and args.checkpoint.suffix == ".pack" else load_model(paths)
+    if args.quantizer != "none":
+        if getattr(model, "quantizer", None) is not None:
+            raise SystemExit(f"{paths[0]} is already quantized ({model.quantizer.config.quantizer})")
+        quantizer = quantize_(model, QuantConfig(args.quantizer, args.weight_bits, args.bit_config))
+        quantizer.finalize(model)
+        quantizer.check_on_codebook(model)
+    if getattr(model, "quantizer", None) is not None:
+        logging.info("%s: all %d quantized tensors lie exactly on their codebooks", model.quantizer.config.quantizer,
+                     len(model.quantizer.bits))
     tokenizer = Tokenizer(args.bpe_model)
     out_dir = args.exp_dir / args.method
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Prints a results table (WER per method and test set) for experiment folders, and plots the
-training/dev loss curve of each into ``{exp}/loss-curve.png``."""
+"""Prints a results table (WER per method and test set, weight bits and bytes) for experiment
+folders, plots the training/dev loss curve of each into ``{exp}/loss-curve.png`` and, with
+``--plot-wer-bytes``, test WER against weight bytes."""
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -12,8 +14,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nnaqat.checkpoint import load_checkpoint  # noqa: E402
+from nnaqat.quant import quantizable_parameters  # noqa: E402
 
-SUMMARY = re.compile(r"wer-summary-(?P<set>.+?)-(?P<suffix>(epoch|checkpoint).*)\.txt$")
+SUMMARY = re.compile(r"wer-summary-(?P<set>[^-]+)-(?P<suffix>.+)\.txt$")
+
+
+def weight_size(exp_dir: Path, checkpoint: Path | None) -> tuple[str, int | None]:
+    """``(bits per weight, bytes)`` of the quantizable weights: from the packed model's size
+    report when there is one, else fp32."""
+    report = exp_dir / "model.size.json"
+    if report.is_file():
+        size = json.loads(report.read_text())
+        return f"{size['mean_bits']:.2f}", size["packed_bytes"]
+    if checkpoint is None:
+        return "?", None
+    state = load_checkpoint(checkpoint)["model"]
+    return "32", 4 * sum(state[n].numel() for n in quantizable_parameters(state.items()))
+
+
+def plot_wer_bytes(points: list, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, size, wer in points:
+        ax.scatter(size / 1024, wer)
+        ax.annotate(name, (size / 1024, wer), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("weight bytes (KiB, log scale)")
+    ax.set_ylabel("test WER % (greedy)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def last_epoch_checkpoint(exp_dir: Path) -> Path | None:
@@ -45,12 +75,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--exp-dir", type=Path, nargs="+", required=True)
     parser.add_argument("--mean", action="store_true", help="also print the mean WER over the experiments")
+    parser.add_argument("--plot-wer-bytes", type=Path, help="PNG of test greedy WER against weight bytes")
     args = parser.parse_args()
     wers: dict = {}
-    print("| experiment | params | s/epoch | method | set | WER % |")
-    print("|---|---|---|---|---|---|")
+    points = []
+    print("| experiment | params | s/epoch | weight bits | weight bytes | method | set | WER % |")
+    print("|---|---|---|---|---|---|---|---|")
     for exp_dir in args.exp_dir:
         checkpoint = last_epoch_checkpoint(exp_dir)
+        bits, size = weight_size(exp_dir, checkpoint or (exp_dir / "pretrained.pt" if (exp_dir / "pretrained.pt").is_file() else None))
         params, seconds = "?", "?"
         if checkpoint is not None:
             state = load_checkpoint(checkpoint)
@@ -64,12 +97,18 @@ def main() -> None:
             if not match:
                 continue
             method, wer = summary.read_text().splitlines()[1].split("\t")
-            print(f"| {exp_dir.name} | {params} | {seconds} | {method} ({match['suffix']}) | {match['set']} | {wer} |")
+            size_text = f"{size:,}" if size is not None else "?"
+            print(f"| {exp_dir.name} | {params} | {seconds} | {bits} | {size_text} | {method} ({match['suffix']}) "
+                  f"| {match['set']} | {wer} |")
             wers.setdefault((method, match["set"]), []).append(float(wer))
+            if method == "greedy_search" and match["set"] == "test" and size is not None:
+                points.append((exp_dir.name, size, float(wer)))
     if args.mean:
         for (method, test_set), values in sorted(wers.items()):
             mean = sum(values) / len(values)
-            print(f"| mean of {len(values)} | | | {method} | {test_set} | {mean:.2f} |")
+            print(f"| mean of {len(values)} | | | | | {method} | {test_set} | {mean:.2f} |")
+    if args.plot_wer_bytes and points:
+        plot_wer_bytes(points, args.plot_wer_bytes)
 
 
 if __name__ == "__main__":

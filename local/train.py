@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from nnaqat import registry
+from nnaqat.quant import QuantConfig
 from nnaqat.trainer import TrainConfig, train
 
 
@@ -26,14 +27,15 @@ def str2bool(value: str) -> bool:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "model":
-            continue
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "quant")]
+    for f in fields + list(dataclasses.fields(QuantConfig)):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         kind = {bool: str2bool}.get(type(default), type(default))
         required = default is dataclasses.MISSING
-        parser.add_argument(flag, type=str if required else kind, default=None if required else default, required=required)
+        choices = registry.names("quantizer") if f.name == "quantizer" else None
+        parser.add_argument(flag, type=str if required else kind, default=None if required else default,
+                            required=required, choices=choices)
     parser.add_argument("--model-config", type=Path, help="YAML with TransducerConfig fields (not vocab_size)")
     parser.add_argument("--encoder", choices=registry.names("encoder"), help="overrides the model config")
     parser.add_argument("--predictor", choices=registry.names("predictor"), help="overrides the model config")
@@ -51,7 +53,8 @@ def main() -> None:
             model[kind] = name
             if model.get(f"{kind}_kwargs") and name != model.get(kind):
                 model[f"{kind}_kwargs"] = {}
-    train(TrainConfig(model=model, **args))
+    quant = QuantConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(QuantConfig)})
+    train(TrainConfig(model=model, quant=quant, **args))
 
 
 if __name__ == "__main__":

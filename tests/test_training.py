@@ -103,7 +103,7 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_data, tmp_path):
     trainer = Trainer(config(tiny_data, tmp_path))
     batch = next(iter(trainer.train_dl))
     batch["inputs"][0] = float("nan")
-    loss, stats = trainer.compute_loss(batch, training=True)
+    loss, stats = trainer.compute_loss(batch)
     assert torch.isfinite(loss)
     assert trainer.non_finite == 1
     assert stats["utterances"] == batch["inputs"].size(0) - 1

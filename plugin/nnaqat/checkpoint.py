@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from nnaqat.models.transducer import Transducer, build_transducer
+from nnaqat.quant import QuantConfig, quantize_
 
 
 def save_checkpoint(path: Path | str, state: Dict[str, Any]) -> None:
@@ -55,8 +56,19 @@ def epoch_checkpoints(exp_dir: Path | str, epoch: int, avg: int) -> List[Path]:
 
 
 def load_model(paths: Sequence[Path | str]) -> Transducer:
-    """Rebuilds the model of the first checkpoint with the average of all their weights."""
+    """Rebuilds the model of the first checkpoint with the average of all their weights.
+
+    A quantization-aware checkpoint comes back with its quantizer attached and finalized: every
+    quantized weight lies exactly on its codebook (checked), as the NNA will run it.
+    """
     checkpoints = [load_checkpoint(p) for p in paths]
     model = build_transducer(checkpoints[0]["model_config"])
-    model.load_state_dict(average_state_dicts([c["model"] for c in checkpoints]))
+    state = average_state_dicts([c["model"] for c in checkpoints])
+    quant = QuantConfig(**checkpoints[0].get("quant_config", {}))
+    if quant.quantizer == "none":
+        model.load_state_dict(state)
+    else:
+        quantizer = quantize_(model, quant, state_dict=state)
+        quantizer.finalize(model)
+        quantizer.check_on_codebook(model)
     return model.eval()

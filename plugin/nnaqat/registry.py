@@ -46,6 +46,7 @@ def _load_variants() -> None:
         return
     _plugins_loaded = True
     importlib.import_module("nnaqat.models")
+    importlib.import_module("nnaqat.quant")
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         entry_point.load()(importlib.import_module(__name__))
 

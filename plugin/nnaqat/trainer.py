@@ -32,6 +32,7 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.search import greedy_search
 from nnaqat.decode.wer import error_stats
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
+from nnaqat.quant import QuantConfig, quantize_
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainConfig:
     bpe_model: str
     exp_dir: str
     model: Dict[str, Any] = field(default_factory=dict)  # TransducerConfig fields except vocab_size
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    init_checkpoint: str = ""  # start from this model (e.g. the fp32 baseline for quantization-aware training)
     num_epochs: int = 10
     start_epoch: int = 1
     start_batch: int = 0
@@ -57,8 +60,11 @@ class TrainConfig:
     simple_loss_scale: float = 0.5
     warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
     spec_augment: bool = True
+    time_warp: int = 20
+    time_mask_frames: int = 20
     gain_db: float = 0.0
     eq_db: float = 0.0
+    mel_warp: float = 0.0
     seed: int = 42
     save_every_n: int = 0  # write checkpoint-B.pt every n batches (0: never)
     world_size: int = 1
@@ -104,9 +110,16 @@ class Trainer:
         self.rank = rank
         self.exp_dir = Path(config.exp_dir)
         self.tokenizer = Tokenizer(config.bpe_model)
-        model_config = TransducerConfig(vocab_size=len(self.tokenizer), **config.model)
         _seed_batch(config.seed, -1)  # deterministic initialisation
-        self.model: Transducer = build_transducer(model_config)
+        if config.init_checkpoint:
+            init = load_checkpoint(config.init_checkpoint)
+            self.model: Transducer = build_transducer(init["model_config"])
+            self.model.load_state_dict(init["model"])
+            if self.model.config.vocab_size != len(self.tokenizer):
+                raise ValueError(f"{config.init_checkpoint} has {self.model.config.vocab_size} tokens, {config.bpe_model} {len(self.tokenizer)}")
+        else:
+            self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **config.model))
+        self.quantizer = quantize_(self.model, config.quant) if config.quant.quantizer != "none" else None
         cuts = load_manifest_lazy(config.train_cuts).to_eager()
         self.train_cuts, self.dropped = filter_trainable(cuts, self.tokenizer, self.model.encoder.output_length)
         self.dev_cuts = load_manifest_lazy(config.dev_cuts).to_eager()
@@ -114,7 +127,11 @@ class Trainer:
         self.train_dl = train_dataloader(
             self.train_cuts,
             config.max_duration,
-            AugmentConfig(spec_augment=config.spec_augment, gain_db=config.gain_db, eq_db=config.eq_db),
+            AugmentConfig(
+                spec_augment=config.spec_augment, time_warp=config.time_warp,
+                time_mask_frames=config.time_mask_frames, gain_db=config.gain_db, eq_db=config.eq_db,
+                mel_warp=config.mel_warp,
+            ),
             seed=config.seed,
             world_size=config.world_size,
             rank=rank,
@@ -136,6 +153,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_dict(),
+            "quant_config": asdict(self.config.quant),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.train_dl.sampler.state_dict(),
@@ -154,7 +172,9 @@ class Trainer:
         elif config.start_epoch > 1:
             path = self.exp_dir / f"epoch-{config.start_epoch - 1}.pt"
         else:
-            self._init_feature_norm()
+            self.start_epoch = 1
+            if not config.init_checkpoint:
+                self._init_feature_norm()
             return
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
@@ -171,51 +191,76 @@ class Trainer:
         logging.info("resumed from %s at epoch %d, batch %d", path, self.start_epoch, self.batch_idx_train)
 
     def _init_feature_norm(self) -> None:
-        self.start_epoch = 1
         mean, std = feature_statistics(self.train_cuts)
         self.model.encoder.feature_norm.set_statistics(mean, std)
 
     # ---- loop ----
-    def compute_loss(self, batch: dict, training: bool) -> tuple[torch.Tensor, Dict[str, float]]:
-        """Loss of one batch (mean over utterances with finite losses) and its statistics."""
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, Dict[str, float]]:
+        """Training loss of one batch (mean over utterances with finite losses, plus the
+        quantizer's penalty) and its statistics."""
         x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
-        model = self.ddp_model if training else self.model
-        simple, pruned = model(
+        simple, pruned = self.ddp_model(
             x, x_lens, y, y_lens, prune_range=self.config.prune_range,
             am_scale=self.config.am_scale, lm_scale=self.config.lm_scale,
         )
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
-        if training and not bool(finite.all()):
+        if not bool(finite.all()):
             bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
             self.non_finite += len(bad)
             logging.warning("non-finite loss for %s (skipped; %d so far)", bad, self.non_finite)
-        scale = pruned_loss_scale(self.batch_idx_train, self.config.warm_step) if training else 1.0
+        scale = pruned_loss_scale(self.batch_idx_train, self.config.warm_step)
         num = finite.sum().clamp_min(1)
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
         pruned_mean = torch.where(finite, pruned, 0.0).sum() / num
         loss = self.config.simple_loss_scale * simple_mean + scale * pruned_mean
+        penalty = self.quantizer.penalty(self.model, self.batch_idx_train) if self.quantizer else None
+        if penalty is not None:
+            loss = loss + penalty
         frames = float(self.model.encoder.output_length(x_lens[finite]).sum())
         stats = {
             "utterances": float(finite.sum()),
             "simple_loss": simple_mean.item(),
             "pruned_loss": pruned_mean.item(),
             "loss_per_frame": pruned[finite].sum().item() / frames if frames > 0 else float("nan"),
+            "penalty": penalty.item() if penalty is not None else 0.0,
         }
         return loss, stats
 
+    def train_step(self, batch: dict) -> Dict[str, float]:
+        """One update: loss, backward, clipped optimizer step, schedule, quantizer hook."""
+        loss, stats = self.compute_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if stats["utterances"] > 0:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.batch_idx_train += 1
+        if self.quantizer is not None:
+            self.quantizer.after_step(self.model, self.batch_idx_train)
+        return stats
+
     def validate(self) -> Dict[str, float]:
-        """Dev pruned loss per utterance and greedy-search WER."""
-        self.model.eval()
+        """Dev pruned loss per utterance and greedy-search WER of the model as deployed
+        (quantized weights finalized on a copy)."""
+        model = self.model
+        if self.quantizer is not None:  # a copy, rebuilt as decoding loads a checkpoint
+            model = build_transducer(self.model.config)
+            quantize_(model, self.config.quant, state_dict=self.model.state_dict()).finalize(model)
+        model.eval()
+        config = self.config
         loss, utterances = 0.0, 0.0
         results = []
         with torch.no_grad():
-            for batch in eval_dataloader(self.dev_cuts, self.config.max_duration):
-                _, stats = self.compute_loss(batch, training=False)
-                loss += stats["pruned_loss"] * stats["utterances"]
-                utterances += stats["utterances"]
-                x, x_lens, _, _, cut_ids, texts = batch_to_tensors(batch, self.tokenizer)
-                encoder_out, encoder_lens, _ = self.model.encoder(x, x_lens)
-                hyps = greedy_search(self.model, encoder_out, encoder_lens)
+            for batch in eval_dataloader(self.dev_cuts, config.max_duration):
+                x, x_lens, y, y_lens, cut_ids, texts = batch_to_tensors(batch, self.tokenizer)
+                _, pruned = model(x, x_lens, y, y_lens, prune_range=config.prune_range,
+                                  am_scale=config.am_scale, lm_scale=config.lm_scale)
+                finite = torch.isfinite(pruned)
+                loss += float(pruned[finite].sum())
+                utterances += float(finite.sum())
+                encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
+                hyps = greedy_search(model, encoder_out, encoder_lens)
                 results.extend((i, t.split(), self.tokenizer.decode(h).split()) for i, t, h in zip(cut_ids, texts, hyps))
         self.model.train()
         return {"dev_pruned_loss": loss / max(utterances, 1.0), "dev_greedy_wer": error_stats(results)[0].wer}
@@ -238,14 +283,7 @@ class Trainer:
                 batch = next(iterator)
             except StopIteration:
                 break
-            loss, stats = self.compute_loss(batch, training=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            if stats["utterances"] > 0:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                self.optimizer.step()
-            self.scheduler.step()
-            self.batch_idx_train += 1
+            stats = self.train_step(batch)
             running.append(stats["loss_per_frame"])
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss_per_frame']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
@@ -253,6 +291,8 @@ class Trainer:
                 self.writer.add_scalar("train/pruned_loss_per_frame", stats["loss_per_frame"], self.batch_idx_train)
                 self.writer.add_scalar("train/simple_loss", stats["simple_loss"], self.batch_idx_train)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.batch_idx_train)
+                if self.quantizer is not None:
+                    self.writer.add_scalar("train/quant_penalty", stats["penalty"], self.batch_idx_train)
             if config.save_every_n and self.batch_idx_train % config.save_every_n == 0 and self.rank == 0:
                 save_checkpoint(self.exp_dir / f"checkpoint-{self.batch_idx_train}.pt", self._state(epoch, False))
         bar.close()

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Training-step time of each quantizer relative to fp32, measured side by side in one run.
+
+The same real batches go through one Trainer per quantizer, round-robin (so machine load hits
+every variant alike); the median seconds per step and the ratio to fp32 are printed. Run from
+egs/fsdd after stage 6:
+
+  python ../../benchmarks/qat_step_time.py --checkpoint exp/fp32/pretrained.pt --steps 30
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nnaqat.quant import QuantConfig
+from nnaqat.trainer import TrainConfig, Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="fp32 model to start from")
+    parser.add_argument("--train-cuts", default="data/fbank/fsdd_cuts_train.jsonl.gz")
+    parser.add_argument("--dev-cuts", default="data/fbank/fsdd_cuts_dev.jsonl.gz")
+    parser.add_argument("--bpe-model", default="data/lang_bpe_32/bpe.model")
+    parser.add_argument("--quantizers", nargs="+", default=["none", "uniform", "lsq", "s8bqat"])
+    parser.add_argument("--weight-bits", type=int, default=2)
+    parser.add_argument("--max-duration", type=float, default=150.0)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    args = parser.parse_args()
+
+    trainers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.quantizers:
+            config = TrainConfig(
+                train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
+                exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
+                lr=1e-3, warm_step=0, progress=False,
+                quant=QuantConfig(quantizer=name, weight_bits=args.weight_bits, compress_every=20),
+            )
+            trainers[name] = Trainer(config)
+        batches = iter(next(iter(trainers.values())).train_dl)
+        times = {name: [] for name in trainers}
+        for step in range(args.warmup_steps + args.steps):
+            batch = next(batches)
+            for name, trainer in trainers.items():
+                torch.manual_seed(step)
+                started = time.perf_counter()
+                trainer.train_step(batch)
+                if step >= args.warmup_steps:
+                    times[name].append(time.perf_counter() - started)
+    base = statistics.median(times[args.quantizers[0]])
+    print(f"{args.steps} steps of the same real batches (max duration {args.max_duration} s), "
+          f"{torch.get_num_threads()} threads, {args.weight_bits}-bit weights")
+    print(f"| quantizer | median s/step | ratio to {args.quantizers[0]} |")
+    print("|---|---|---|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.4f} | {median / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

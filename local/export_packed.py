@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Writes a quantized model as the packed side-car (K-bit indices, int8 codebooks, scales) and
+prints its size against fp32 and per-channel int8:
+
+  local/export_packed.py --exp-dir exp/s8bqat-2bit --epoch 4 --avg 2 --out exp/s8bqat-2bit/model.pack
+  local/export_packed.py --checkpoint exp/fp32/pretrained.pt --quantizer ptq --weight-bits 8 --out int8.pack
+"""
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from nnaqat import registry
+from nnaqat.checkpoint import epoch_checkpoints, load_model
+from nnaqat.export import load_packed, save_packed
+from nnaqat.quant import QuantConfig, quantize_
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp-dir", type=Path)
+    parser.add_argument("--epoch", type=int)
+    parser.add_argument("--avg", type=int, default=1)
+    parser.add_argument("--checkpoint", type=Path, help="instead of --exp-dir/--epoch/--avg")
+    parser.add_argument("--quantizer", default="none", choices=registry.names("quantizer"),
+                        help="post-training quantization of an fp32 checkpoint")
+    parser.add_argument("--weight-bits", type=int, default=8)
+    parser.add_argument("--bit-config", default="")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    paths = [args.checkpoint] if args.checkpoint else epoch_checkpoints(args.exp_dir, args.epoch, args.avg)
+    model = load_model(paths)
+    if args.quantizer != "none":
+        quantize_(model, QuantConfig(args.quantizer, args.weight_bits, args.bit_config)).finalize(model)
+    report = save_packed(model, args.out)
+    reloaded = load_packed(args.out).state_dict()
+    mismatched = [k for k, v in reloaded.items() if k in model.state_dict() and not k.startswith("simple_")
+                  and not torch.equal(v, model.state_dict()[k])]
+    if mismatched:
+        raise SystemExit(f"{args.out} does not reload to the same weights: {mismatched}")
+    print(report.table())
+    summary = {**asdict(report), "mean_bits": report.mean_bits, "file_bytes": args.out.stat().st_size}
+    args.out.with_suffix(".size.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Exporters: the packed sub-8-bit side-car for NNA toolchains."""
+
+from nnaqat.export.packed import SizeReport, load_packed, pack_indices, save_packed, unpack_indices
+
+__all__ = ["SizeReport", "load_packed", "pack_indices", "save_packed", "unpack_indices"]

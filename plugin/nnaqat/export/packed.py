@@ -1,0 +1,164 @@
+"""Packed side-car: K-bit indices, an int8 codebook and scales per quantized tensor.
+
+File layout: the magic ``NNAQPACK``, a little-endian uint64 header length, a UTF-8 JSON header,
+then raw little-endian blobs the header points at (offsets relative to the end of the header).
+Quantized tensors store bit-packed indices (LSB first), int8 levels and float32 scales (one per
+tensor or per output channel); every other tensor of the deployed model is float32.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from nnaqat.models.transducer import Transducer, build_transducer
+from nnaqat.quant.config import TRAINING_ONLY
+from nnaqat.quant.quantizers import QuantizedTensor
+
+MAGIC = b"NNAQPACK"
+VERSION = 1
+
+
+def pack_indices(indices: np.ndarray, bits: int) -> bytes:
+    """Packs non-negative integers ``< 2**bits`` into ``ceil(n * bits / 8)`` bytes, LSB first."""
+    indices = np.asarray(indices).reshape(-1).astype(np.uint16)
+    if indices.size and int(indices.max()) >= 2**bits:
+        raise ValueError(f"index {int(indices.max())} does not fit in {bits} bits")
+    bit_planes = (indices[:, None] >> np.arange(bits, dtype=np.uint16)) & 1  # (n, bits)
+    return np.packbits(bit_planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_indices(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_indices`: ``count`` indices as int64."""
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little", count=count * bits)
+    planes = flat.reshape(count, bits).astype(np.int64)
+    return (planes << np.arange(bits, dtype=np.int64)).sum(axis=1)
+
+
+@dataclass
+class SizeReport:
+    """Bytes of the quantized weight tensors as packed, and as fp32 / per-channel int8 would store them."""
+
+    num_weights: int = 0
+    packed_bytes: int = 0
+    fp32_bytes: int = 0
+    int8_bytes: int = 0
+    other_fp32_bytes: int = 0  # biases, normalisation statistics: float32 in every format
+    bits: Dict[str, int] = field(default_factory=dict)  # per quantized tensor
+    counts: Dict[str, int] = field(default_factory=dict)  # weights per quantized tensor
+
+    @property
+    def mean_bits(self) -> float:
+        """Average index bits per quantized weight (codebooks and scales excluded)."""
+        return sum(self.bits[n] * c for n, c in self.counts.items()) / max(self.num_weights, 1)
+
+    def table(self) -> str:
+        rows = [("fp32", self.fp32_bytes), ("int8 (per-channel)", self.int8_bytes), ("packed", self.packed_bytes)]
+        lines = [f"{self.num_weights} quantized weights, {self.mean_bits:.2f} bits each on average; "
+                 f"other tensors {self.other_fp32_bytes} bytes (fp32)"]
+        lines += [f"  {name:<20} {size:>10} bytes  ({size / self.fp32_bytes:.3f} of fp32)" for name, size in rows]
+        return "\n".join(lines)
+
+
+def _deployed(name: str) -> bool:
+    return not name.startswith("quantizer.") and not any(fnmatch.fnmatchcase(name, g) for g in TRAINING_ONLY)
+
+
+def save_packed(model: Transducer, path: Path | str) -> SizeReport:
+    """Writes a finalized quantized model (``model.quantizer.finalize`` done) as a side-car."""
+    quantizer = getattr(model, "quantizer", None)
+    if quantizer is None:
+        raise ValueError("the model has no quantizer; run nnaqat.quant.quantize_ and finalize first")
+    quantizer.check_on_codebook(model)
+    quantized: Dict[str, QuantizedTensor] = quantizer.quantized(model)
+    blobs: List[bytes] = []
+    offset = 0
+    entries = []
+    report = SizeReport()
+
+    def add(blob: bytes) -> List[int]:
+        nonlocal offset
+        blobs.append(blob)
+        offset += len(blob)
+        return [offset - len(blob), len(blob)]
+
+    for name, tensor in model.state_dict().items():
+        if not _deployed(name):
+            continue
+        entry = {"name": name, "shape": list(tensor.shape)}
+        q = quantized.get(name)
+        if q is None:
+            entry["float32"] = add(tensor.detach().float().numpy().astype("<f4").tobytes())
+            report.other_fp32_bytes += 4 * tensor.numel()
+        else:
+            entry.update(
+                bits=q.bits,
+                indices=add(pack_indices(q.indices.numpy(), q.bits)),
+                levels=add(q.levels.numpy().astype(np.int8).tobytes()),
+                scale=add(q.scale.float().reshape(-1).numpy().astype("<f4").tobytes()),
+                per_channel=q.scale.dim() > 0,
+            )
+            n = tensor.numel()
+            report.num_weights += n
+            report.packed_bytes += math.ceil(n * q.bits / 8) + q.levels.numel() + 4 * q.scale.numel()
+            report.fp32_bytes += 4 * n
+            report.int8_bytes += n + 4 * tensor.size(0)
+            report.bits[name] = q.bits
+            report.counts[name] = n
+        entries.append(entry)
+    header = json.dumps(
+        {
+            "version": VERSION,
+            "model_config": model.config.to_dict(),
+            "tensors": entries,
+        }
+    ).encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(MAGIC + struct.pack("<Q", len(header)) + header)
+        for blob in blobs:
+            f.write(blob)
+    return report
+
+
+def load_packed(path: Path | str) -> Transducer:
+    """Rebuilds the model from a side-car; its weights equal the saved model's bit for bit."""
+    raw = Path(path).read_bytes()
+    if raw[: len(MAGIC)] != MAGIC:
+        raise ValueError(f"{path}: not an nnaqat packed model")
+    (length,) = struct.unpack("<Q", raw[len(MAGIC) : len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    header = json.loads(raw[start : start + length])
+    if header.get("version") != VERSION:
+        raise ValueError(f"{path}: unsupported version {header.get('version')}")
+    body = memoryview(raw)[start + length :]
+    blob = lambda span: bytes(body[span[0] : span[0] + span[1]])
+    state = {}
+    for entry in header["tensors"]:
+        shape = entry["shape"]
+        if "float32" in entry:
+            state[entry["name"]] = torch.from_numpy(np.frombuffer(blob(entry["float32"]), dtype="<f4").copy()).reshape(shape)
+            continue
+        count = int(np.prod(shape))
+        scale = torch.from_numpy(np.frombuffer(blob(entry["scale"]), dtype="<f4").copy())
+        q = QuantizedTensor(
+            indices=torch.from_numpy(unpack_indices(blob(entry["indices"]), entry["bits"], count)).reshape(shape),
+            levels=torch.from_numpy(np.frombuffer(blob(entry["levels"]), dtype=np.int8).copy()),
+            scale=scale if entry["per_channel"] else scale.reshape(()),
+            bits=entry["bits"],
+        )
+        state[entry["name"]] = q.dequantize()
+    model = build_transducer(header["model_config"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(_deployed(k) for k in missing):
+        raise ValueError(f"{path}: tensors do not match the model (missing {missing}, unexpected {unexpected})")
+    return model.eval()

@@ -1,0 +1,55 @@
+"""Quantization options and per-tensor bit widths."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import yaml
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize a model's weights; every field is also a training/decoding flag."""
+
+    quantizer: str = "none"  # registered quantizer: none, ptq, uniform, lsq, s8bqat
+    weight_bits: int = 8  # bits for tensors no bit-config rule matches
+    bit_config: str = ""  # YAML {glob on parameter name: bits}; the first matching rule wins
+    centroids: str = ""  # s8bqat: codebooks from local/derive_centroids.py (else derived at start)
+    mracos_weight: float = 1.0  # s8bqat: lambda of the MRACos regularizer
+    mracos_ramp_batches: int = 200  # s8bqat: lambda rises linearly from 0 over these batches, then holds
+    compress_every: int = 100  # s8bqat: snap weights onto their centroids every N batches (0: only at the end)
+
+
+# Only the deployed network is quantized: the simple (linear) heads exist for the pruned loss.
+TRAINING_ONLY = ("simple_am_proj.*", "simple_lm_proj.*")
+
+
+def quantizable_parameters(named_parameters) -> List[str]:
+    """Names of the weight matrices/kernels (2-D or more) of the deployed network."""
+    return [
+        name
+        for name, p in named_parameters
+        if p.dim() >= 2 and not any(fnmatch.fnmatchcase(name, g) for g in TRAINING_ONLY)
+    ]
+
+
+def load_bit_rules(path: str | Path) -> List[Tuple[str, int]]:
+    """Reads a bit-config YAML mapping globs to bit widths 1..8, in file order."""
+    rules = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(rules, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter-name globs to bit widths")
+    for glob, bits in rules.items():
+        if not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise ValueError(f"{path}: bits for {glob!r} must be an integer in 1..8, got {bits!r}")
+    return list(rules.items())
+
+
+def resolve_bits(names: List[str], config: QuantConfig) -> Dict[str, int]:
+    """Bit width of every name: the first matching bit-config rule, else ``weight_bits``."""
+    if not 1 <= config.weight_bits <= 8:
+        raise ValueError(f"weight_bits must be in 1..8, got {config.weight_bits}")
+    rules = load_bit_rules(config.bit_config) if config.bit_config else []
+    return {n: next((b for g, b in rules if fnmatch.fnmatchcase(n, g)), config.weight_bits) for n in names}

@@ -1,0 +1,233 @@
+"""Registered weight quantizers: none, ptq, uniform, lsq, s8bqat.
+
+A quantizer is an ``nn.Module`` attached to the model by :func:`nnaqat.quant.quantize_`; its
+state (centroids, learned step sizes, final scales) is part of the model's state dict, so it
+travels with checkpoints. The trainer calls :meth:`penalty` and :meth:`after_step`; decoding and
+export call :meth:`finalize`, after which every quantized weight is exactly
+``levels[indices] * scale`` (:meth:`quantized` returns that form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.utils.parametrize as parametrize
+from torch import nn
+
+from nnaqat.quant.codebook import int8_levels, int8_scale, nearest_index
+from nnaqat.quant.config import QuantConfig
+from nnaqat.quant.fake_quant import LsqFakeQuant, UniformFakeQuant, channel_view, fake_quantize, uniform_int8_levels
+from nnaqat.quant.lloyd_max import lloyd_max
+from nnaqat.quant.mracos import mracos
+from nnaqat.registry import register
+
+
+@dataclass
+class QuantizedTensor:
+    """A weight as an 8-bit NNA stores it: K-bit indices into a sorted int8 codebook, times a
+    scale per tensor (``()``) or per output channel (``(C,)``)."""
+
+    indices: torch.Tensor  # int64, the weight's shape
+    levels: torch.Tensor  # int8 (L,), L <= 2**bits
+    scale: torch.Tensor  # float32 () or (C,)
+    bits: int
+
+    def dequantize(self) -> torch.Tensor:
+        """The float weight: ``levels[indices] * scale`` (float32)."""
+        values = self.levels.float()[self.indices]
+        return values * (self.scale if self.scale.dim() == 0 else channel_view(self.scale, values))
+
+
+def _split(name: str) -> Tuple[str, str]:
+    module, _, attr = name.rpartition(".")
+    return module, attr
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # buffer names cannot contain dots
+
+
+class WeightQuantizer(nn.Module):
+    """Base class; ``none`` uses it as is (nothing quantized, nothing changed)."""
+
+    trains = True  # False: post-training only (the recipe skips fine-tuning)
+
+    def __init__(
+        self, model: nn.Module, bits: Dict[str, int], config: QuantConfig, state_dict: Optional[dict] = None
+    ) -> None:
+        """``state_dict``: a checkpoint this quantizer's structure must match (it is loaded
+        afterwards); None to initialise from the model's current (fp32) weights."""
+        super().__init__()
+        self.bits = dict(bits)
+        self.config = config
+
+    @staticmethod
+    def weight(model: nn.Module, name: str) -> torch.Tensor:
+        """The weight the forward pass uses (fake-quantized while a parametrization is attached)."""
+        module, attr = _split(name)
+        return getattr(model.get_submodule(module), attr)
+
+    def penalty(self, model: nn.Module, step: int) -> Optional[torch.Tensor]:
+        """A regularization term to add to the training loss, or None."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after optimizer step ``step`` (1-based)."""
+
+    def finalize(self, model: nn.Module) -> None:
+        """Makes every quantized weight an exact codebook value (idempotent)."""
+        with torch.no_grad():
+            for name, q in self.quantized(model).items():
+                module, attr = _split(name)
+                owner = model.get_submodule(module)
+                if parametrize.is_parametrized(owner, attr):
+                    parametrize.remove_parametrizations(owner, attr, leave_parametrized=False)
+                getattr(owner, attr).copy_(q.dequantize())
+
+    def quantized(self, model: nn.Module) -> Dict[str, QuantizedTensor]:
+        """Each quantized weight's stored form (for the current weights)."""
+        return {}
+
+    def check_on_codebook(self, model: nn.Module) -> None:
+        """Raises AssertionError naming the first weight not exactly on its codebook."""
+        for name, q in self.quantized(model).items():
+            weight = self.weight(model, name)
+            if not torch.equal(weight.detach(), q.dequantize()):
+                off = int((weight.detach() != q.dequantize()).sum())
+                raise AssertionError(f"{name}: {off} of {weight.numel()} weights are not on the {q.bits}-bit codebook")
+
+    def weight_bytes(self) -> Dict[str, float]:
+        return {}
+
+
+register("quantizer", "none")(WeightQuantizer)
+
+
+@register("quantizer", "uniform")
+class UniformQuantizer(WeightQuantizer):
+    """Symmetric per-channel K-bit fake quantization with max-abs scales and clipped STE."""
+
+    def __init__(
+        self, model: nn.Module, bits: Dict[str, int], config: QuantConfig, state_dict: Optional[dict] = None
+    ) -> None:
+        super().__init__(model, bits, config, state_dict)
+        # A finalized checkpoint holds plain quantized weights: no fake quantization to attach.
+        fake_quant = state_dict is None or any(".parametrizations." in k for k in state_dict)
+        for name, b in self.bits.items():
+            module, attr = _split(name)
+            owner = model.get_submodule(module)
+            self.register_buffer(f"scale__{_key(name)}", torch.ones(getattr(owner, attr).size(0)))
+            if fake_quant:
+                parametrize.register_parametrization(owner, attr, self.make_parametrization(getattr(owner, attr), b))
+
+    def make_parametrization(self, weight: torch.Tensor, bits: int) -> nn.Module:
+        return UniformFakeQuant(bits)
+
+    def current_scale(self, model: nn.Module, name: str) -> torch.Tensor:
+        module, attr = _split(name)
+        owner = model.get_submodule(module)
+        if parametrize.is_parametrized(owner, attr):
+            fq = owner.parametrizations[attr][0]
+            latent = owner.parametrizations[attr].original
+            return (fq.scale(latent) if isinstance(fq, UniformFakeQuant) else fq.scale).detach().float()
+        return getattr(self, f"scale__{_key(name)}")
+
+    def quantized(self, model: nn.Module) -> Dict[str, QuantizedTensor]:
+        out = {}
+        for name, b in self.bits.items():
+            scale = self.current_scale(model, name)
+            getattr(self, f"scale__{_key(name)}").copy_(scale)
+            module, attr = _split(name)
+            owner = model.get_submodule(module)
+            latent = owner.parametrizations[attr].original if parametrize.is_parametrized(owner, attr) else getattr(owner, attr)
+            with torch.no_grad():
+                values = fake_quantize(latent, scale, b) / channel_view(scale, latent)
+            levels = uniform_int8_levels(b)
+            out[name] = QuantizedTensor(nearest_index(values, levels.float()), levels, scale.clone(), b)
+        return out
+
+
+@register("quantizer", "ptq")
+class PostTrainingQuantizer(UniformQuantizer):
+    """Round-to-nearest onto the per-channel K-bit int8 grid of a trained model; no training."""
+
+    trains = False
+
+
+@register("quantizer", "lsq")
+class LsqQuantizer(UniformQuantizer):
+    """Per-channel K-bit fake quantization with learned step sizes (LSQ)."""
+
+    def make_parametrization(self, weight: torch.Tensor, bits: int) -> nn.Module:
+        return LsqFakeQuant(weight, bits)
+
+
+@register("quantizer", "s8bqat")
+class S8bqatQuantizer(WeightQuantizer):
+    """S8BQAT: Lloyd-Max codebooks on each tensor's int8 grid, the MRACos regularizer and a
+    periodic hard compressor. The forward pass uses the float weights themselves."""
+
+    def __init__(
+        self, model: nn.Module, bits: Dict[str, int], config: QuantConfig, state_dict: Optional[dict] = None
+    ) -> None:
+        super().__init__(model, bits, config, state_dict)
+        given = torch.load(config.centroids, weights_only=True) if state_dict is None and config.centroids else None
+        for name, b in self.bits.items():
+            if state_dict is not None:  # shapes come from the checkpoint being loaded
+                levels, scale = torch.zeros(0, dtype=torch.int8), torch.ones(())
+            elif given is not None:
+                if name not in given:
+                    raise KeyError(f"{config.centroids} has no codebook for {name}")
+                levels, scale = given[name]["levels"], given[name]["scale"]
+                if levels.numel() > 2**b:
+                    raise ValueError(f"{config.centroids}: {name} has {levels.numel()} centroids, more than {b} bits hold")
+            else:
+                levels, scale = derive_codebook(self.weight(model, name), b)
+            self.register_buffer(f"levels__{_key(name)}", levels.to(torch.int8))
+            self.register_buffer(f"scale__{_key(name)}", scale.float().reshape(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key, value in state_dict.items():  # codebook sizes differ per tensor: adopt the stored ones
+            if key.startswith(prefix + "levels__"):
+                setattr(self, key[len(prefix):], torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def codebook(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(levels int8 (L,), scale ())`` of a tensor."""
+        return getattr(self, f"levels__{_key(name)}"), getattr(self, f"scale__{_key(name)}")
+
+    def centroids(self, name: str) -> torch.Tensor:
+        levels, scale = self.codebook(name)
+        return levels.float() * scale
+
+    def mracos_weight(self, step: int) -> float:
+        ramp = self.config.mracos_ramp_batches
+        return self.config.mracos_weight * (min(1.0, step / ramp) if ramp > 0 else 1.0)
+
+    def penalty(self, model: nn.Module, step: int) -> Optional[torch.Tensor]:
+        weight = self.mracos_weight(step)
+        if weight == 0:
+            return None
+        total = sum(mracos(self.weight(model, n), self.centroids(n)).sum() for n in self.bits)
+        return weight * total / sum(self.weight(model, n).numel() for n in self.bits)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        if self.config.compress_every and step % self.config.compress_every == 0:
+            self.finalize(model)
+
+    def quantized(self, model: nn.Module) -> Dict[str, QuantizedTensor]:
+        out = {}
+        for name, b in self.bits.items():
+            levels, scale = self.codebook(name)
+            indices = nearest_index(self.weight(model, name), self.centroids(name))
+            out[name] = QuantizedTensor(indices, levels.clone(), scale.clone(), b)
+        return out
+
+
+def derive_codebook(weight: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd-Max codebook of one tensor on its int8 grid: ``(levels int8 (L,), scale ())``."""
+    scale = int8_scale(weight).float()
+    centroids = lloyd_max(weight, bits, int8_scale=scale)
+    return int8_levels(centroids, scale), scale

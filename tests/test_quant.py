@@ -1,0 +1,252 @@
+"""Quantizers: Lloyd-Max, MRACos, the hard compressor, fake quantization, bit configs, packing."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nnaqat import registry
+from nnaqat.export import load_packed, pack_indices, save_packed, unpack_indices
+from nnaqat.models import build_transducer
+from nnaqat.quant import (
+    QuantConfig,
+    hard_compress,
+    int8_scale,
+    lloyd_max,
+    mracos,
+    nearest_index,
+    quantizable_parameters,
+    quantize_,
+    resolve_bits,
+)
+from nnaqat.quant.fake_quant import fake_quantize, uniform_int8_levels
+
+SMALL_MODEL = {
+    "vocab_size": 32,
+    "encoder_kwargs": {"hidden_size": 32, "num_layers": 2, "subsampling_factor": 4},
+    "predictor_kwargs": {"embedding_dim": 24},
+    "joiner_dim": 24,
+}
+
+
+def exhaustive_optimum(x: torch.Tensor, levels: int) -> float:
+    """Smallest squared error over every partition of the sorted sample into contiguous cells."""
+    xs = x.double().sort().values
+    best = math.inf
+    for cuts in itertools.combinations(range(1, xs.numel()), levels - 1):
+        bounds = (0, *cuts, xs.numel())
+        err = sum(((xs[a:b] - xs[a:b].mean()) ** 2).sum().item() for a, b in zip(bounds, bounds[1:]))
+        best = min(best, err)
+    return best
+
+
+def squared_error(x: torch.Tensor, centroids: torch.Tensor) -> float:
+    return ((x.double() - hard_compress(x, centroids).double()) ** 2).sum().item()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_lloyd_max_optimality_conditions(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(5000) * 0.1 + 0.02 * torch.randn(5000) ** 3  # heavy-tailed, like trained weights
+    c = lloyd_max(w, bits)
+    assert c.numel() == 2**bits and torch.all(c[1:] > c[:-1])
+    cell = nearest_index(w, c)
+    for k in range(c.numel()):  # each centroid is the mean of its cell ...
+        members = w[cell == k]
+        assert members.numel() > 0
+        assert members.double().mean().item() == pytest.approx(c[k].item(), abs=1e-5)
+    # ... and each threshold the midpoint: every weight sits in the cell of its nearest centroid.
+    distances = (w[:, None] - c[None, :]).abs()
+    assert torch.all(distances.gather(1, cell[:, None]).squeeze(1) <= distances.min(dim=1).values + 1e-7)
+
+
+@pytest.mark.parametrize("levels_bits,n", [(1, 12), (2, 12), (3, 11)])
+def test_lloyd_max_matches_exhaustive_optimum(levels_bits, n):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        x = torch.cat([torch.randn(n // 2) * 0.3, torch.randn(n - n // 2) + 2.0])
+        c = lloyd_max(x, levels_bits)
+        assert squared_error(x, c) == pytest.approx(exhaustive_optimum(x, 2**levels_bits), rel=1e-6)
+
+
+def test_lloyd_max_with_few_distinct_values_returns_them():
+    x = torch.tensor([0.5, -0.25, 0.5, 0.0, -0.25])
+    assert torch.equal(lloyd_max(x, 3), torch.tensor([-0.25, 0.0, 0.5]))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_lloyd_max_snaps_to_the_int8_grid(bits):
+    torch.manual_seed(0)
+    w = torch.randn(64, 32) * 0.05
+    scale = int8_scale(w)
+    c = lloyd_max(w, bits, int8_scale=scale)
+    levels = c.double() / scale.double()
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert levels.abs().max() <= 127 and c.numel() <= 2**bits
+    assert torch.unique(c).numel() == c.numel()
+    unsnapped = lloyd_max(w, bits)
+    # Snapping moves no centroid by more than half an int8 step.
+    assert (hard_compress(unsnapped, c) - unsnapped).abs().max() <= scale / 2 + 1e-7 or bits >= 7
+
+
+def test_lloyd_max_rejects_bad_bits():
+    with pytest.raises(ValueError, match="1..8"):
+        lloyd_max(torch.randn(10), 9)
+
+
+def test_mracos_shape_zeros_maxima_and_gradient_direction():
+    c = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    assert torch.allclose(mracos(c, c), torch.zeros(4), atol=1e-6)
+    midpoints = (c[1:] + c[:-1]) / 2
+    assert torch.allclose(mracos(midpoints, c), torch.ones(3))
+    # Strictly below 1 everywhere else inside the codebook's range.
+    inside = torch.linspace(-1, 2, 601)
+    inside = inside[(inside[:, None] - midpoints).abs().min(dim=1).values > 1e-3]
+    assert mracos(inside, c).max() < 1
+    # A gradient-descent step moves every weight towards its nearest centroid, also outside [c_1, c_L].
+    w = torch.cat([torch.linspace(-4, 5, 901), torch.tensor([-1.2, 2.3])]).requires_grad_()
+    mracos(w, c).sum().backward()
+    nearest = hard_compress(w.detach(), c)
+    away = (nearest - w.detach()).abs() > 1e-4
+    not_tie = (w.detach()[:, None] - midpoints).abs().min(dim=1).values > 1e-4
+    step = -w.grad
+    assert torch.all(torch.sign(step[away & not_tie]) == torch.sign((nearest - w.detach())[away & not_tie]))
+    # Defined, finite and growing beyond the outermost centroids.
+    far = mracos(torch.tensor([-10.0, -3.0, 4.0, 10.0]), c)
+    assert torch.isfinite(far).all() and far[0] > far[1] > 1 and far[3] > far[2] > 1
+
+
+def test_hard_compress_is_nearest_and_idempotent():
+    torch.manual_seed(0)
+    c = torch.tensor([-0.3, -0.05, 0.1, 0.4])
+    w = torch.randn(1000) * 0.3
+    snapped = hard_compress(w, c)
+    brute = c[(w[:, None] - c[None, :]).abs().argmin(dim=1)]
+    assert torch.equal(snapped, brute)
+    assert torch.equal(hard_compress(snapped, c), snapped)
+    assert set(snapped.unique().tolist()) <= set(c.tolist())
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_unpack_round_trip(bits):
+    rng = np.random.default_rng(bits)
+    for count in (1, 7, 8, 1001):
+        indices = rng.integers(0, 2**bits, size=count)
+        packed = pack_indices(indices, bits)
+        assert len(packed) == math.ceil(count * bits / 8)
+        assert np.array_equal(unpack_indices(packed, bits, count), indices)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_indices(np.array([2**bits]), bits)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_uniform_fake_quant_values_lie_on_the_int8_grid(bits):
+    torch.manual_seed(0)
+    w = torch.randn(16, 40)
+    scale = w.abs().amax(dim=1) / 127
+    q = fake_quantize(w, scale, bits) / scale[:, None]
+    levels = uniform_int8_levels(bits).float()
+    assert torch.all((q[..., None] - levels).abs().min(dim=-1).values < 1e-4)
+    assert levels.numel() == (2 if bits == 1 else 2**bits - 1)
+
+
+def test_clipped_ste_gradients():
+    w = torch.tensor([[-3.0, -0.4, 0.2, 3.0]], requires_grad=True)
+    scale = torch.tensor([1.0 / 127], requires_grad=True)  # the grid spans +-1
+    fake_quantize(w, scale, 4).sum().backward()
+    assert torch.allclose(w.grad, torch.tensor([[0.0, 1.0, 1.0, 0.0]]), atol=1e-6)
+    assert scale.grad is not None and scale.grad.item() != 0  # LSQ learns the step
+
+
+def test_bit_config_first_matching_rule_wins(tmp_path):
+    model = build_transducer(SMALL_MODEL)
+    names = quantizable_parameters(model.named_parameters())
+    assert not any(n.startswith("simple_") for n in names) and all("bias" not in n for n in names)
+    rules = tmp_path / "bits.yaml"
+    rules.write_text("encoder.layers.*: 2\nencoder.*: 4\njoiner.output_linear.weight: 8\n")
+    bits = resolve_bits(names, QuantConfig(quantizer="s8bqat", weight_bits=3, bit_config=str(rules)))
+    assert bits["encoder.layers.0.weight_ih_l0"] == 2
+    assert bits["encoder.subsampling.out.weight"] == 4
+    assert bits["joiner.output_linear.weight"] == 8
+    assert bits["predictor.embedding.weight"] == 3
+    rules.write_text("encoder.*: 9\n")
+    with pytest.raises(ValueError, match="1..8"):
+        resolve_bits(names, QuantConfig(quantizer="s8bqat", bit_config=str(rules)))
+
+
+def test_quantizers_are_registered_by_name():
+    assert {"none", "ptq", "uniform", "lsq", "s8bqat"} <= set(registry.names("quantizer"))
+    with pytest.raises(KeyError, match="known"):
+        quantize_(build_transducer(SMALL_MODEL), QuantConfig(quantizer="nope"))
+
+
+def batch():
+    torch.manual_seed(1)
+    x = torch.randn(2, 60, 80)
+    return x, torch.tensor([60, 45]), torch.randint(3, 32, (2, 4)), torch.tensor([4, 2])
+
+
+@pytest.mark.parametrize("name", ["ptq", "uniform", "lsq", "s8bqat"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
+    torch.manual_seed(0)
+    model = build_transducer(SMALL_MODEL).eval()
+    quantizer = quantize_(model, QuantConfig(quantizer=name, weight_bits=bits))
+    simple, pruned = model(*batch())
+    (simple + pruned).sum().backward()  # gradients reach the latent weights through the STE
+    assert all(p.grad is not None for n, p in model.named_parameters() if "original" in n or name == "s8bqat")
+    with torch.no_grad():
+        trained_view = {n: quantizer.weight(model, n).clone() for n in quantizer.bits}
+        trained_loss = model(*batch())[1]
+    checkpoint = {k: v.clone() for k, v in model.state_dict().items()}
+    quantizer.finalize(model)
+    quantizer.check_on_codebook(model)
+    with torch.no_grad():
+        deployed_loss = model(*batch())[1]
+    if name != "s8bqat":  # the weights training sees are exactly the deployed ones
+        assert all(torch.equal(w, quantizer.weight(model, n)) for n, w in trained_view.items())
+        # (nn.LSTM takes another kernel for parametrized weights: outputs agree to rounding)
+        assert torch.allclose(trained_loss, deployed_loss, rtol=1e-5)
+    for q in quantizer.quantized(model).values():
+        assert q.levels.numel() <= 2**bits and int(q.indices.max()) < q.levels.numel()
+    # A training checkpoint reloads, finalizes to the same weights; the packed file reloads bit-exactly.
+    again = build_transducer(SMALL_MODEL).eval()
+    quantize_(again, QuantConfig(quantizer=name, weight_bits=bits), state_dict=checkpoint).finalize(again)
+    report = save_packed(model, tmp_path / "m.pack")
+    unpacked = load_packed(tmp_path / "m.pack").state_dict()
+    for key, value in model.state_dict().items():
+        if not key.startswith(("quantizer.", "simple_")):
+            assert torch.equal(again.state_dict()[key], value), key
+            assert torch.equal(unpacked[key], value), key
+    assert report.mean_bits == bits
+    assert report.packed_bytes < report.int8_bytes if bits < 8 else report.packed_bytes < report.fp32_bytes
+
+
+def test_weights_off_the_codebook_are_caught():
+    model = build_transducer(SMALL_MODEL)
+    quantizer = quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=2))
+    quantizer.finalize(model)
+    with torch.no_grad():
+        model.joiner.output_linear.weight[0, 0] += 1e-3
+    with pytest.raises(AssertionError, match="joiner.output_linear.weight: 1 of"):
+        quantizer.check_on_codebook(model)
+
+
+def test_s8bqat_schedule_and_periodic_compression():
+    torch.manual_seed(0)
+    model = build_transducer(SMALL_MODEL)
+    config = QuantConfig(quantizer="s8bqat", weight_bits=2, mracos_weight=2.0, mracos_ramp_batches=10, compress_every=5)
+    quantizer = quantize_(model, config)
+    assert quantizer.penalty(model, 0) is None
+    assert quantizer.mracos_weight(5) == pytest.approx(1.0) and quantizer.mracos_weight(50) == pytest.approx(2.0)
+    assert quantizer.penalty(model, 10).item() > 0
+    quantizer.after_step(model, 4)
+    with pytest.raises(AssertionError):
+        quantizer.check_on_codebook(model)
+    quantizer.after_step(model, 5)
+    quantizer.check_on_codebook(model)
+    assert quantizer.penalty(model, 10).item() == pytest.approx(0.0, abs=1e-6)
