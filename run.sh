@@ -44,14 +44,15 @@ decode_methods="greedy_search modified_beam_search"
 beam_size=4
 exp_tag=""                   # experiment folder name under exp/ (default: derived from options)
 quant_runs="ptq:8 s8bqat:2"  # stage 7: quantized models of the fp32 one, QUANTIZER:BITS or QUANTIZER:bits.yaml
+codebook=channel             # s8bqat codebook scale: per output "channel", or per "tensor" (the paper)
 qat_epochs=2                 # quantization-aware fine-tuning epochs (quantizers that train)
 qat_lr=0.001
-qat_args=""                  # extra local/train.py flags for it, e.g. "--mracos-weight 10 --compress-every 20"
+qat_args="--ste-forward true"  # extra local/train.py flags for it (snapped forward pass: see RESULTS.md)
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
   num_test holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
-  spec_augment gain_db eq_db train_args seed world_size decode_epoch avg decode_methods beam_size exp_tag quant_runs qat_epochs qat_lr qat_args nj"
+  spec_augment gain_db eq_db train_args seed world_size decode_epoch avg decode_methods beam_size exp_tag quant_runs codebook qat_epochs qat_lr qat_args nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
 
@@ -172,6 +173,7 @@ if run_stage 7 && [ -n "$quant_runs" ]; then
     bits=${run#*:}
     qexp=$(quant_exp "$run")
     if [[ $bits == *.yaml ]]; then bit_flags=(--bit-config "$bits"); else bit_flags=(--weight-bits "$bits"); fi
+    bit_flags+=(--codebook "$codebook")
     mkdir -p "$qexp"
     trains=$(python -c "from nnaqat import registry; print(int(registry.get('quantizer', '$quantizer').trains))")
     if [ "$trains" = 0 ]; then

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from lhotse import load_manifest_lazy
 
-from nnaqat import registry
 from nnaqat.checkpoint import epoch_checkpoints, load_model
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
 from nnaqat.decode.wer import write_error_stats, write_recogs
 from nnaqat.export import load_packed
-from nnaqat.quant import QuantConfig, quantize_
+from nnaqat.quant import quantize_
+from nnaqat.quant.config import add_post_training_arguments, post_training_config
 
 
 def get_args() -> argparse.Namespace:
@@ -39,10 +39,7 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--cuts", nargs="*", default=[], help="NAME=manifest.jsonl.gz (features or audio)")
     parser.add_argument("--wavs", nargs="*", default=[], type=Path, help="wav files (any sample rate)")
     parser.add_argument("--num-threads", type=int, default=0)
-    parser.add_argument("--quantizer", default="none", choices=registry.names("quantizer"),
-                        help="quantize an fp32 model's weights after training (ptq; s8bqat: Lloyd-Max rounding)")
-    parser.add_argument("--weight-bits", type=int, default=8)
-    parser.add_argument("--bit-config", default="", help="YAML {parameter glob: bits}")
+    add_post_training_arguments(parser)
     return parser.parse_args()
 
 
@@ -62,7 +59,7 @@ def main() -> None:
     if args.quantizer != "none":
         if getattr(model, "quantizer", None) is not None:
             raise SystemExit(f"{paths[0]} is already quantized ({model.quantizer.config.quantizer})")
-        quantizer = quantize_(model, QuantConfig(args.quantizer, args.weight_bits, args.bit_config))
+        quantizer = quantize_(model, post_training_config(args))
         quantizer.finalize(model)
         quantizer.check_on_codebook(model)
     if getattr(model, "quantizer", None) is not None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from nnaqat import registry
 from nnaqat.checkpoint import epoch_checkpoints, load_model
 from nnaqat.export import load_packed, save_packed
-from nnaqat.quant import QuantConfig, quantize_
+from nnaqat.quant import quantize_
+from nnaqat.quant.config import add_post_training_arguments, post_training_config
 
 
 def main() -> None:
@@ -25,16 +25,13 @@ def main() -> None:
     parser.add_argument("--epoch", type=int)
     parser.add_argument("--avg", type=int, default=1)
     parser.add_argument("--checkpoint", type=Path, help="instead of --exp-dir/--epoch/--avg")
-    parser.add_argument("--quantizer", default="none", choices=registry.names("quantizer"),
-                        help="post-training quantization of an fp32 checkpoint")
-    parser.add_argument("--weight-bits", type=int, default=8)
-    parser.add_argument("--bit-config", default="")
+    add_post_training_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     paths = [args.checkpoint] if args.checkpoint else epoch_checkpoints(args.exp_dir, args.epoch, args.avg)
     model = load_model(paths)
     if args.quantizer != "none":
-        quantize_(model, QuantConfig(args.quantizer, args.weight_bits, args.bit_config)).finalize(model)
+        quantize_(model, post_training_config(args)).finalize(model)
     report = save_packed(model, args.out)
     reloaded = load_packed(args.out).state_dict()
     mismatched = [k for k, v in reloaded.items() if k in model.state_dict() and not k.startswith("simple_")

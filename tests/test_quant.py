@@ -190,12 +190,15 @@ def batch():
     return x, torch.tensor([60, 45]), torch.randint(3, 32, (2, 4)), torch.tensor([4, 2])
 
 
-@pytest.mark.parametrize("name", ["ptq", "uniform", "lsq", "s8bqat"])
+@pytest.mark.parametrize("name", ["ptq", "uniform", "lsq", "s8bqat", "s8bqat-tensor", "s8bqat-ste"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 8])
 def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     torch.manual_seed(0)
     model = build_transducer(SMALL_MODEL).eval()
-    quantizer = quantize_(model, QuantConfig(quantizer=name, weight_bits=bits))
+    name, _, variant = name.partition("-")
+    codebook = "tensor" if variant == "tensor" else "channel"
+    config = QuantConfig(quantizer=name, weight_bits=bits, codebook=codebook, ste_forward=variant == "ste")
+    quantizer = quantize_(model, config)
     simple, pruned = model(*batch())
     (simple + pruned).sum().backward()  # gradients reach the latent weights through the STE
     assert all(p.grad is not None for n, p in model.named_parameters() if "original" in n or name == "s8bqat")
@@ -207,15 +210,17 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     quantizer.check_on_codebook(model)
     with torch.no_grad():
         deployed_loss = model(*batch())[1]
-    if name != "s8bqat":  # the weights training sees are exactly the deployed ones
+    if name != "s8bqat" or variant == "ste":  # the weights training sees are exactly the deployed ones
         assert all(torch.equal(w, quantizer.weight(model, n)) for n, w in trained_view.items())
         # (nn.LSTM takes another kernel for parametrized weights: outputs agree to rounding)
         assert torch.allclose(trained_loss, deployed_loss, rtol=1e-5)
-    for q in quantizer.quantized(model).values():
+    for weight_name, q in quantizer.quantized(model).items():
         assert q.levels.numel() <= 2**bits and int(q.indices.max()) < q.levels.numel()
+        per_channel = name != "s8bqat" or codebook == "channel"
+        assert q.scale.shape == ((quantizer.weight(model, weight_name).size(0),) if per_channel else ())
     # A training checkpoint reloads, finalizes to the same weights; the packed file reloads bit-exactly.
     again = build_transducer(SMALL_MODEL).eval()
-    quantize_(again, QuantConfig(quantizer=name, weight_bits=bits), state_dict=checkpoint).finalize(again)
+    quantize_(again, config, state_dict=checkpoint).finalize(again)
     report = save_packed(model, tmp_path / "m.pack")
     unpacked = load_packed(tmp_path / "m.pack").state_dict()
     for key, value in model.state_dict().items():

@@ -34,10 +34,10 @@ def quantize_(model: nn.Module, config: QuantConfig, *, state_dict: Optional[dic
 
 def derive_centroids(model: nn.Module, config: QuantConfig) -> Dict[str, Dict[str, torch.Tensor]]:
     """S8BQAT codebooks of every quantizable tensor of an fp32 model:
-    ``{name: {"levels": int8 (L,), "scale": float32 (), "bits": int64 ()}}``."""
+    ``{name: {"levels": int8 (L,), "scale": float32 () or (C,), "bits": int64 ()}}``."""
     names = quantizable_parameters(model.named_parameters())
     out = {}
     for name, bits in resolve_bits(names, config).items():
-        levels, scale = derive_codebook(model.get_parameter(name), bits)
+        levels, scale = derive_codebook(model.get_parameter(name), bits, config.codebook)
         out[name] = {"levels": levels, "scale": scale, "bits": torch.tensor(bits)}
     return out

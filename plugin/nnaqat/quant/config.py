@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ class QuantConfig:
     weight_bits: int = 8  # bits for tensors no bit-config rule matches
     bit_config: str = ""  # YAML {glob on parameter name: bits}; the first matching rule wins
     centroids: str = ""  # s8bqat: codebooks from local/derive_centroids.py (else derived at start)
+    codebook: str = "channel"  # s8bqat: one int8 scale per output "channel", or per "tensor" (the paper)
     mracos_weight: float = 1.0  # s8bqat: lambda of the MRACos regularizer
     mracos_ramp_batches: int = 200  # s8bqat: lambda rises linearly from 0 over these batches, then holds
+    ste_forward: bool = False  # s8bqat: forward through the snapped weights, straight-through gradients
     compress_every: int = 100  # s8bqat: snap weights onto their centroids every N batches (0: only at the end)
 
 
@@ -53,3 +56,25 @@ def resolve_bits(names: List[str], config: QuantConfig) -> Dict[str, int]:
         raise ValueError(f"weight_bits must be in 1..8, got {config.weight_bits}")
     rules = load_bit_rules(config.bit_config) if config.bit_config else []
     return {n: next((b for g, b in rules if fnmatch.fnmatchcase(n, g)), config.weight_bits) for n in names}
+
+
+POST_TRAINING_FLAGS = ("quantizer", "weight_bits", "bit_config", "codebook")
+
+
+def add_post_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--quantizer --weight-bits --bit-config --codebook``: how a script quantizes an fp32
+    checkpoint after training (``ptq``; ``s8bqat`` = Lloyd-Max rounding)."""
+    from nnaqat import registry
+
+    defaults = QuantConfig()
+    parser.add_argument("--quantizer", default=defaults.quantizer, choices=registry.names("quantizer"),
+                        help="quantize an fp32 checkpoint's weights after training")
+    parser.add_argument("--weight-bits", type=int, default=defaults.weight_bits)
+    parser.add_argument("--bit-config", default=defaults.bit_config, help="YAML {parameter glob: bits}; first match wins")
+    parser.add_argument("--codebook", default=defaults.codebook, choices=["tensor", "channel"],
+                        help="s8bqat: int8 scale per tensor or per output channel")
+
+
+def post_training_config(args: argparse.Namespace) -> QuantConfig:
+    """The :class:`QuantConfig` of :func:`add_post_training_arguments`' flags."""
+    return QuantConfig(**{name: getattr(args, name) for name in POST_TRAINING_FLAGS})

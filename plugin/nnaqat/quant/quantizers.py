@@ -18,7 +18,14 @@ from torch import nn
 
 from nnaqat.quant.codebook import int8_levels, int8_scale, nearest_index
 from nnaqat.quant.config import QuantConfig
-from nnaqat.quant.fake_quant import LsqFakeQuant, UniformFakeQuant, channel_view, fake_quantize, uniform_int8_levels
+from nnaqat.quant.fake_quant import (
+    LsqFakeQuant,
+    UniformFakeQuant,
+    channel_view,
+    fake_quantize,
+    straight_through,
+    uniform_int8_levels,
+)
 from nnaqat.quant.lloyd_max import lloyd_max
 from nnaqat.quant.mracos import mracos
 from nnaqat.registry import register
@@ -166,8 +173,15 @@ class LsqQuantizer(UniformQuantizer):
 
 @register("quantizer", "s8bqat")
 class S8bqatQuantizer(WeightQuantizer):
-    """S8BQAT: Lloyd-Max codebooks on each tensor's int8 grid, the MRACos regularizer and a
-    periodic hard compressor. The forward pass uses the float weights themselves."""
+    """S8BQAT: Lloyd-Max codebooks on the int8 grid, the MRACos regularizer and a periodic hard
+    compressor. The forward pass uses the float weights themselves.
+
+    Codebooks live in int8 units: a tensor's weights divided by its int8 scale (one per tensor,
+    as in the paper, or one per output channel with ``codebook="channel"``: a shared K-bit set
+    of int8 values, each channel with its own scale) are pulled towards and snapped onto the
+    ``2**K`` int8 levels. With ``ste_forward`` the forward pass sees the snapped weights and the
+    float weights get straight-through gradients (our addition; the paper regularizes only).
+    """
 
     def __init__(
         self, model: nn.Module, bits: Dict[str, int], config: QuantConfig, state_dict: Optional[dict] = None
@@ -184,23 +198,39 @@ class S8bqatQuantizer(WeightQuantizer):
                 if levels.numel() > 2**b:
                     raise ValueError(f"{config.centroids}: {name} has {levels.numel()} centroids, more than {b} bits hold")
             else:
-                levels, scale = derive_codebook(self.weight(model, name), b)
+                levels, scale = derive_codebook(self.weight(model, name), b, config.codebook)
             self.register_buffer(f"levels__{_key(name)}", levels.to(torch.int8))
-            self.register_buffer(f"scale__{_key(name)}", scale.float().reshape(()))
+            self.register_buffer(f"scale__{_key(name)}", scale.float())
+        # A finalized checkpoint holds plain snapped weights: nothing to attach.
+        if config.ste_forward and (state_dict is None or any(".parametrizations." in k for k in state_dict)):
+            for name in self.bits:
+                module, attr = _split(name)
+                snap = CodebookSnap(lambda name=name: self.codebook(name))
+                # unsafe: skips the trial forward, which a codebook still to be loaded cannot run
+                parametrize.register_parametrization(model.get_submodule(module), attr, snap, unsafe=True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key, value in state_dict.items():  # codebook sizes differ per tensor: adopt the stored ones
-            if key.startswith(prefix + "levels__"):
+            if key.startswith((prefix + "levels__", prefix + "scale__")):
                 setattr(self, key[len(prefix):], torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def codebook(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(levels int8 (L,), scale ())`` of a tensor."""
+        """``(levels int8 (L,), scale () or (C,))`` of a tensor."""
         return getattr(self, f"levels__{_key(name)}"), getattr(self, f"scale__{_key(name)}")
 
-    def centroids(self, name: str) -> torch.Tensor:
+    @staticmethod
+    def latent(model: nn.Module, name: str) -> torch.Tensor:
+        """The float weight being trained (behind the snapping parametrization, if any)."""
+        module, attr = _split(name)
+        owner = model.get_submodule(module)
+        return owner.parametrizations[attr].original if parametrize.is_parametrized(owner, attr) else getattr(owner, attr)
+
+    def normalized(self, model: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(float weight / scale, centroids)``, both in int8 units."""
         levels, scale = self.codebook(name)
-        return levels.float() * scale
+        weight = self.latent(model, name)
+        return weight / (scale if scale.dim() == 0 else channel_view(scale, weight)), levels.float()
 
     def mracos_weight(self, step: int) -> float:
         ramp = self.config.mracos_ramp_batches
@@ -210,24 +240,46 @@ class S8bqatQuantizer(WeightQuantizer):
         weight = self.mracos_weight(step)
         if weight == 0:
             return None
-        total = sum(mracos(self.weight(model, n), self.centroids(n)).sum() for n in self.bits)
-        return weight * total / sum(self.weight(model, n).numel() for n in self.bits)
+        total = sum(mracos(*self.normalized(model, n)).sum() for n in self.bits)
+        return weight * total / sum(self.latent(model, n).numel() for n in self.bits)
 
     def after_step(self, model: nn.Module, step: int) -> None:
+        """The hard compressor: every ``compress_every`` steps the float weights are snapped."""
         if self.config.compress_every and step % self.config.compress_every == 0:
-            self.finalize(model)
+            with torch.no_grad():
+                for name, q in self.quantized(model).items():
+                    self.latent(model, name).copy_(q.dequantize())
 
     def quantized(self, model: nn.Module) -> Dict[str, QuantizedTensor]:
         out = {}
         for name, b in self.bits.items():
             levels, scale = self.codebook(name)
-            indices = nearest_index(self.weight(model, name), self.centroids(name))
+            indices = nearest_index(*self.normalized(model, name))
             out[name] = QuantizedTensor(indices, levels.clone(), scale.clone(), b)
         return out
 
 
-def derive_codebook(weight: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd-Max codebook of one tensor on its int8 grid: ``(levels int8 (L,), scale ())``."""
-    scale = int8_scale(weight).float()
-    centroids = lloyd_max(weight, bits, int8_scale=scale)
-    return int8_levels(centroids, scale), scale
+class CodebookSnap(nn.Module):
+    """Parametrization: each weight replaced by its nearest codebook value in the forward pass,
+    straight-through gradient to the float weight."""
+
+    def __init__(self, codebook) -> None:
+        super().__init__()
+        self.codebook = codebook  # () -> (levels int8 (L,), scale () or (C,)), read at every call
+
+    def forward(self, weights: torch.Tensor) -> torch.Tensor:
+        levels, scale = self.codebook()
+        s = scale if scale.dim() == 0 else channel_view(scale, weights)
+        snapped = levels.float()[nearest_index(weights / s, levels.float())] * s
+        return straight_through(snapped, weights)
+
+
+def derive_codebook(weight: torch.Tensor, bits: int, codebook: str = "tensor") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd-Max codebook of one tensor in int8 units: ``(levels int8 (L,), scale)`` with one
+    scale (``()``, ``codebook="tensor"``) or one per output channel (``(C,)``, ``"channel"``)."""
+    if codebook not in ("tensor", "channel"):
+        raise ValueError(f"codebook must be 'tensor' or 'channel', got {codebook!r}")
+    scale = int8_scale(weight, dim=0 if codebook == "channel" else None).float()
+    normalized = weight.detach() / (scale if codebook == "tensor" else channel_view(scale, weight))
+    centroids = lloyd_max(normalized, bits, int8_scale=1.0)
+    return int8_levels(centroids, 1.0), scale
