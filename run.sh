@@ -46,7 +46,7 @@ exp_tag=""                   # experiment folder name under exp/ (default: deriv
 quant_runs="ptq:8 s8bqat:2"  # stage 7: quantized models of the fp32 one, QUANTIZER:BITS or QUANTIZER:bits.yaml
 codebook=channel             # s8bqat codebook scale: per output "channel", or per "tensor" (the paper)
 qat_epochs=2                 # quantization-aware fine-tuning epochs (quantizers that train)
-qat_lr=0.001
+qat_lr=0.0002                # low: at 0.001 one epoch of 3-bit QAT wrecked the model (dev 44 %)
 qat_args="--ste-forward true"  # extra local/train.py flags for it (snapped forward pass: see RESULTS.md)
 nj=1
 
@@ -122,21 +122,27 @@ if run_stage 4 && [ ! -f "$lang/tokens.txt" ]; then
     --lang-dir "$lang" --vocab-size "$vocab_size"
 fi
 
+train() {  # train EXP_DIR NUM_EPOCHS LR WARM_STEP TRAIN_FLAGS...: resumes after the last finished epoch
+  local exp_dir=$1 epochs=$2 lr=$3 warm=$4
+  shift 4
+  if [ -f "$exp_dir/epoch-$epochs.pt" ]; then
+    log "training already done ($exp_dir/epoch-$epochs.pt)"
+    return
+  fi
+  local start_epoch=1
+  while [ -f "$exp_dir/epoch-$start_epoch.pt" ]; do start_epoch=$((start_epoch + 1)); done
+  log "training $exp_dir from epoch $start_epoch ($*)"
+  python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}${speed_perturb:+_sp}.jsonl.gz" \
+    --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
+    --exp-dir "$exp_dir" --num-epochs "$epochs" --start-epoch "$start_epoch" --max-duration "$max_duration" \
+    --lr "$lr" --warm-step "$warm" --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
+    --seed "$seed" --world-size "$world_size" $train_args "$@" 2>&1 | tee -a "$log_file"
+}
+
 if run_stage 5; then
   current_stage=5
-  if [ -f "$exp/epoch-$num_epochs.pt" ]; then
-    log "training already done ($exp/epoch-$num_epochs.pt)"
-  else
-    start_epoch=1
-    while [ -f "$exp/epoch-$start_epoch.pt" ]; do start_epoch=$((start_epoch + 1)); done
-    log "training $exp from epoch $start_epoch"
-    python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}${speed_perturb:+_sp}.jsonl.gz" \
-      --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
-      --model-config "$model_config" ${encoder:+--encoder $encoder} ${predictor:+--predictor $predictor} \
-      ${joiner:+--joiner $joiner} --exp-dir "$exp" --num-epochs "$num_epochs" --start-epoch "$start_epoch" \
-      --max-duration "$max_duration" --lr "$lr" --warm-step "$warm_step" --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
-      --seed "$seed" --world-size "$world_size" $train_args 2>&1 | tee -a "$log_file"
-  fi
+  train "$exp" "$num_epochs" "$lr" "$warm_step" --model-config "$model_config" ${encoder:+--encoder $encoder} \
+    ${predictor:+--predictor $predictor} ${joiner:+--joiner $joiner}
 fi
 
 decode() {  # decode EXP_DIR MODEL_FLAGS...: every method on every set but the training one
@@ -189,19 +195,8 @@ if run_stage 7 && [ -n "$quant_runs" ]; then
         "${bit_flags[@]}" --out "$qexp/centroids.pt" 2>&1 | tee -a "$log_file"
       qat_flags=(--centroids "$qexp/centroids.pt")
     fi
-    if [ -f "$qexp/epoch-$qat_epochs.pt" ]; then
-      log "$qexp already trained"
-    else
-      start_epoch=1
-      while [ -f "$qexp/epoch-$start_epoch.pt" ]; do start_epoch=$((start_epoch + 1)); done
-      log "quantization-aware training: $quantizer ${bit_flags[*]} from $pretrained into $qexp"
-      python "$root/local/train.py" --train-cuts "$data/fbank/${prefix}_cuts_${train_part}${speed_perturb:+_sp}.jsonl.gz" \
-        --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
-        --init-checkpoint "$pretrained" --quantizer "$quantizer" "${bit_flags[@]}" "${qat_flags[@]}" \
-        --exp-dir "$qexp" --num-epochs "$qat_epochs" --start-epoch "$start_epoch" --max-duration "$max_duration" \
-        --lr "$qat_lr" --warm-step 0 --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
-        --seed "$seed" --world-size "$world_size" $train_args $qat_args 2>&1 | tee -a "$log_file"
-    fi
+    train "$qexp" "$qat_epochs" "$qat_lr" 0 --init-checkpoint "$pretrained" --quantizer "$quantizer" \
+      "${bit_flags[@]}" "${qat_flags[@]}" $qat_args
     qavg=$((avg < qat_epochs ? avg : qat_epochs))
     decode "$qexp" --epoch "$qat_epochs" --avg "$qavg"
     python "$root/local/export_packed.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qavg" \
