@@ -76,6 +76,13 @@ class WeightQuantizer(nn.Module):
         module, attr = _split(name)
         return getattr(model.get_submodule(module), attr)
 
+    @staticmethod
+    def latent(model: nn.Module, name: str) -> torch.Tensor:
+        """The float weight being trained (behind a fake-quantization parametrization, if any)."""
+        module, attr = _split(name)
+        owner = model.get_submodule(module)
+        return owner.parametrizations[attr].original if parametrize.is_parametrized(owner, attr) else getattr(owner, attr)
+
     def penalty(self, model: nn.Module, step: int) -> Optional[torch.Tensor]:
         """A regularization term to add to the training loss, or None."""
         return None
@@ -104,9 +111,6 @@ class WeightQuantizer(nn.Module):
             if not torch.equal(weight.detach(), q.dequantize()):
                 off = int((weight.detach() != q.dequantize()).sum())
                 raise AssertionError(f"{name}: {off} of {weight.numel()} weights are not on the {q.bits}-bit codebook")
-
-    def weight_bytes(self) -> Dict[str, float]:
-        return {}
 
 
 register("quantizer", "none")(WeightQuantizer)
@@ -146,9 +150,7 @@ class UniformQuantizer(WeightQuantizer):
         for name, b in self.bits.items():
             scale = self.current_scale(model, name)
             getattr(self, f"scale__{_key(name)}").copy_(scale)
-            module, attr = _split(name)
-            owner = model.get_submodule(module)
-            latent = owner.parametrizations[attr].original if parametrize.is_parametrized(owner, attr) else getattr(owner, attr)
+            latent = self.latent(model, name)
             with torch.no_grad():
                 values = fake_quantize(latent, scale, b) / channel_view(scale, latent)
             levels = uniform_int8_levels(b)
@@ -218,13 +220,6 @@ class S8bqatQuantizer(WeightQuantizer):
     def codebook(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(levels int8 (L,), scale () or (C,))`` of a tensor."""
         return getattr(self, f"levels__{_key(name)}"), getattr(self, f"scale__{_key(name)}")
-
-    @staticmethod
-    def latent(model: nn.Module, name: str) -> torch.Tensor:
-        """The float weight being trained (behind the snapping parametrization, if any)."""
-        module, attr = _split(name)
-        owner = model.get_submodule(module)
-        return owner.parametrizations[attr].original if parametrize.is_parametrized(owner, attr) else getattr(owner, attr)
 
     def normalized(self, model: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(float weight / scale, centroids)``, both in int8 units."""
