@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nnaqat import registry
+from nnaqat.data.features import mel_bin_centers_hz
 from nnaqat.models import LstmEncoder, Transducer, TransducerConfig
 
 SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
@@ -111,3 +112,15 @@ def test_transducer_losses_are_finite_and_differentiable(predictor):
     assert torch.isfinite(simple).all() and torch.isfinite(pruned).all()
     (simple.sum() + pruned.sum()).backward()
     assert all(p.grad is not None for p in model.joiner.parameters())
+
+
+def test_band_limit_zeroes_bins_above_max_freq_and_stays_out_of_state_dict():
+    encoder = LstmEncoder(num_features=80, hidden_size=16, num_layers=1, subsampling_factor=4, max_freq_hz=3800)
+    norm = encoder.feature_norm
+    norm.set_statistics(torch.randn(80), torch.rand(80) + 0.5)
+    centers = mel_bin_centers_hz(80)
+    out = norm(torch.randn(2, 30, 80) * 5)
+    assert (out[..., centers > 3800] == 0).all()
+    assert (out[..., centers <= 3800] != 0).all()
+    assert int((centers <= 3800).sum()) == 60  # 8 kHz audio: bins up to ~3.8 kHz carry speech
+    assert set(encoder.state_dict()) == set(LstmEncoder(80, 16, 1, subsampling_factor=4).state_dict())

@@ -24,11 +24,11 @@ def fbank_extractor() -> Fbank:
     )
 
 
-def mel_bin_centers_hz() -> torch.Tensor:
-    """Centre frequencies ``(NUM_MEL_BINS,)`` of the extractor's triangular mel filters (Kaldi's mel scale)."""
+def mel_bin_centers_hz(num_bins: int = NUM_MEL_BINS) -> torch.Tensor:
+    """Centre frequencies ``(num_bins,)`` of the extractor's triangular mel filters (Kaldi's mel scale)."""
     high = SAMPLING_RATE / 2 + HIGH_FREQ if HIGH_FREQ <= 0 else HIGH_FREQ
     mel = lambda hz: 1127.0 * math.log1p(hz / 700.0)
-    centers = torch.linspace(mel(LOW_FREQ), mel(high), NUM_MEL_BINS + 2)[1:-1].double()
+    centers = torch.linspace(mel(LOW_FREQ), mel(high), num_bins + 2)[1:-1].double()
     return 700.0 * torch.expm1(centers / 1127.0)
 
 

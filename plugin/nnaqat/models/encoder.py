@@ -7,22 +7,32 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from nnaqat.data.features import mel_bin_centers_hz
 from nnaqat.registry import register
 
 LstmState = Tuple[torch.Tensor, torch.Tensor]
 
 
 class FeatureNorm(nn.Module):
-    """Per-bin mean/variance normalisation with statistics fixed before training.
+    """Fixed front-end normalisation: per-bin mean/variance, optionally band-limited.
 
     The statistics are buffers, so they travel with checkpoints and exported models, and the
     deployed model normalises exactly as in training (frame by frame, hence streamable).
+    With ``max_freq_hz`` > 0, mel bins centred above it are zeroed: for narrow-band audio
+    upsampled to 16 kHz (FSDD is 8 kHz) they hold only each recorder's noise floor, a cue
+    that identifies the speaker rather than the word (leave-one-speaker-out WER of george:
+    46.6 % with all bins, 30.9 % without them).
     """
 
-    def __init__(self, num_features: int) -> None:
+    def __init__(self, num_features: int, max_freq_hz: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("inv_std", torch.ones(num_features))
+        keep = torch.ones(num_features)
+        if max_freq_hz > 0:
+            keep = (mel_bin_centers_hz(num_features) <= max_freq_hz).float()
+        # Derived from the config, not learned: kept out of the state dict.
+        self.register_buffer("keep", keep, persistent=False)
 
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Sets the statistics, ``mean`` and ``std`` of shape ``(F,)``."""
@@ -31,7 +41,7 @@ class FeatureNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, T, F) -> (N, T, F)``."""
-        return (x - self.mean) * self.inv_std
+        return (x - self.mean) * (self.inv_std * self.keep)
 
 
 class FrameStackSubsampling(nn.Module):
@@ -79,13 +89,14 @@ class LstmEncoder(nn.Module):
         proj_size: int = 0,
         subsampling_factor: int = 4,
         dropout: float = 0.1,
+        max_freq_hz: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
         self.hidden_size = hidden_size
         self.d_model = proj_size if proj_size > 0 else hidden_size
         self.output_dim = self.d_model
-        self.feature_norm = FeatureNorm(num_features)
+        self.feature_norm = FeatureNorm(num_features, max_freq_hz)
         self.subsampling = FrameStackSubsampling(num_features, self.d_model, subsampling_factor)
         self.output_length = self.subsampling.output_length
         self.min_input_frames = self.subsampling.window
