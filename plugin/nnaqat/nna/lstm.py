@@ -1,0 +1,236 @@
+"""``NnaLstm``: one LSTM layer that computes what the NNA's integer LSTM computes.
+
+The integer step is the one defined in ``reference_lstm`` (TFLite-style: int8 input and
+hidden, per-channel int8 weights, gate pre-activations in the spec's gate format, sigmoid/tanh
+tables, a power-of-two int16 cell state, rounding-shift products), written here with the
+training-time operators of ``ops`` so that gradients pass straight through. Float in, float
+out, with ``nn.LSTM``'s parameter names and call signature (batch first, one layer), so it drops
+into a float model and loads its weights.
+
+Calibration (training mode, until frozen): the input range by EMA like ``NnaLinear``; the hidden
+range and the cell's largest magnitude by EMA over the whole sequence, applied from the next
+batch on (a recurrent layer needs one scale for all its steps). Before the first observation
+the hidden range is ``[-1, 1]`` (what ``o * tanh(c)`` spans) and the cell range the tanh table's
+input range.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+
+from nnaqat.nna import ops
+from nnaqat.nna import reference as ref
+from nnaqat.nna.linear import (
+    RangeObserver,
+    asymmetric_scale_and_zero_point,
+    fixed_point_multipliers,
+    quantize_bias,
+    quantize_weight,
+    symmetric_weight_scale,
+)
+from nnaqat.nna.reference_lstm import LstmParams, cell_frac_bits, gate_luts, provisional_cell_max_abs
+from nnaqat.nna.spec import NnaSpec
+
+FloatState = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, N, H), as nn.LSTM's
+
+
+class _Integers(NamedTuple):
+    """The integer constants of one forward pass (integer-valued tensors, weights with STE)."""
+
+    w_x: torch.Tensor  # (4H, K)
+    bias: torch.Tensor  # (4H,) accumulator units
+    x_zero_point: int
+    m_x: torch.Tensor  # (4H,) M0 to the gate format
+    shift_x: torch.Tensor
+    w_h: torch.Tensor  # (4H, H)
+    h_zero_point: int
+    m_h: torch.Tensor
+    shift_h: torch.Tensor
+    cell_frac_bits: int
+    m_out: int  # o * tanh(c) to the hidden scale
+    shift_out: int
+
+
+class NnaLstm(nn.Module):
+    """Emulated integer LSTM layer; see the module docstring."""
+
+    def __init__(self, input_size: int, hidden_size: int, spec: NnaSpec = NnaSpec()) -> None:
+        super().__init__()
+        self.spec = spec
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        gates = 4 * hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+        bound = 1.0 / math.sqrt(hidden_size)  # nn.LSTM's initialisation
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+        self.input_observer = RangeObserver(spec.activations.bits)
+        self.hidden_observer = RangeObserver(spec.lstm.hidden_bits)
+        self.cell_observer = RangeObserver(spec.lstm.cell_bits)  # its largest magnitude sets the exponent
+        self.luts = gate_luts(spec)
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, spec: NnaSpec = NnaSpec()) -> NnaLstm:
+        """A copy of a one-layer, batch-first, unidirectional ``nn.LSTM`` with biases and no
+        projection (uncalibrated)."""
+        if lstm.num_layers != 1 or not lstm.batch_first or lstm.bidirectional or lstm.proj_size or not lstm.bias:
+            raise ValueError(f"only one-layer batch-first unidirectional LSTMs with bias and no projection: {lstm}")
+        layer = cls(lstm.input_size, lstm.hidden_size, spec)
+        with torch.no_grad():
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                getattr(layer, name).copy_(getattr(lstm, name))
+        return layer
+
+    def freeze_calibration(self) -> None:
+        for observer in (self.input_observer, self.hidden_observer, self.cell_observer):
+            observer.freeze()
+
+    # ---- quantization parameters ----
+    def hidden_scale_and_zero_point(self) -> Tuple[torch.Tensor, int]:
+        """Scale and zero point of ``h`` (``hidden_bits``)."""
+        if self.hidden_observer.calibrated or not self.training:
+            return self.hidden_observer.scale_and_zero_point()
+        return asymmetric_scale_and_zero_point(torch.tensor(-1.0), torch.tensor(1.0), self.spec.lstm.hidden_bits)
+
+    def cell_frac_bits(self) -> int:
+        """The cell state's scale is ``2**-cell_frac_bits``."""
+        observer = self.cell_observer
+        if observer.calibrated:
+            return cell_frac_bits(float(observer.min_max.abs().max()), self.spec)
+        if not self.training:
+            raise RuntimeError("cell range has seen no data: run training-mode batches first")
+        return cell_frac_bits(provisional_cell_max_abs(self.spec), self.spec)
+
+    def _integers(self) -> _Integers:
+        spec = self.spec
+        x_scale, x_zero_point = self.input_observer.scale_and_zero_point()
+        h_scale, h_zero_point = self.hidden_scale_and_zero_point()
+        wx_scale = symmetric_weight_scale(self.weight_ih_l0, spec.weights)
+        wh_scale = symmetric_weight_scale(self.weight_hh_l0, spec.weights)
+        gate_unit = 2.0**spec.lstm.gate.frac_bits
+        m_x, shift_x = fixed_point_multipliers(x_scale.double() * wx_scale.double() * gate_unit)
+        m_h, shift_h = fixed_point_multipliers(h_scale.double() * wh_scale.double() * gate_unit)
+        product_unit = 2.0 ** (-2 * spec.lstm.nonlinearity.frac_bits)  # of o * tanh(c)
+        m_out, shift_out = ref.quantize_multiplier(product_unit / float(h_scale))
+        return _Integers(
+            w_x=quantize_weight(self.weight_ih_l0, wx_scale, spec.weights.bits),
+            bias=quantize_bias(self.bias_ih_l0 + self.bias_hh_l0, x_scale, wx_scale, spec.accumulator.bits),
+            x_zero_point=x_zero_point, m_x=m_x, shift_x=shift_x,
+            w_h=quantize_weight(self.weight_hh_l0, wh_scale, spec.weights.bits),
+            h_zero_point=h_zero_point, m_h=m_h, shift_h=shift_h,
+            cell_frac_bits=self.cell_frac_bits(), m_out=m_out, shift_out=shift_out,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def integer_params(self) -> LstmParams:
+        """The integers :meth:`forward_integers` uses, for ``reference_lstm``."""
+        k = self._integers()
+        zero_bias = torch.zeros(k.w_h.size(0), dtype=torch.long).numpy()
+        return LstmParams(
+            input=ref.LinearParams(
+                k.w_x.long().numpy(), k.bias.long().numpy(), k.x_zero_point, k.m_x.numpy(), k.shift_x.numpy(), 0
+            ),
+            recurrent=ref.LinearParams(
+                k.w_h.long().numpy(), zero_bias, k.h_zero_point, k.m_h.numpy(), k.shift_h.numpy(), 0
+            ),
+            cell_frac_bits=k.cell_frac_bits,
+            hidden_multiplier=k.m_out,
+            hidden_shift=k.shift_out,
+        )
+
+    # ---- integer computation ----
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (N, T, K)`` float -> integer-valued float32 codes, observing its range in training."""
+        self.input_observer.observe(x)
+        scale, zero_point = self.input_observer.scale_and_zero_point()
+        return ops.quantize(x, scale, zero_point, self.spec.activations.bits)
+
+    def _cell_to_gate_format(self, c: torch.Tensor, c_frac: int) -> torch.Tensor:
+        """``reference_lstm.cell_to_gate_format`` with the training-time ``mul``."""
+        gate = self.spec.lstm.gate
+        rounding = self.spec.requantization.rounding
+        if c_frac >= gate.frac_bits:
+            return ops.mul(c, torch.tensor(1.0), c_frac - gate.frac_bits, gate.bits, rounding)
+        return ops.mul(c, torch.tensor(2.0 ** (gate.frac_bits - c_frac)), 0, gate.bits, rounding)
+
+    def forward_integers(
+        self, x_q: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]
+    ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """The NNA's integers: ``x_q (N, T, K)`` input codes and state codes ``(h, c)``, each
+        ``(N, H)`` -> ``(y (N, T, H), (h_T, c_T))`` codes, integer-valued float32. Observes the
+        hidden and cell ranges in training (used from the next call on)."""
+        spec, lstm, acc = self.spec, self.spec.lstm, self.spec.accumulator
+        rounding, order = spec.requantization.rounding, spec.requantization.zero_point
+        k = self._integers()
+        n_frac, c_frac = lstm.nonlinearity.frac_bits, k.cell_frac_bits
+        gate_low, gate_high = ref.int_range(lstm.gate.bits)
+        cell_low, cell_high = ref.int_range(lstm.cell_bits)
+        # The input contributions of all steps at once: they do not depend on the state.
+        from_input = ops.requantize_output(
+            ops.accumulate(x_q, k.w_x, acc.bits, acc.overflow, k.x_zero_point, k.bias),
+            k.m_x, k.shift_x, 0, lstm.gate.bits, rounding, order,
+        )  # fmt: skip
+        h, c = state
+        outputs: List[torch.Tensor] = []
+        observed_h: List[torch.Tensor] = []
+        observed_c: List[torch.Tensor] = []
+        for t in range(x_q.size(1)):
+            acc_h = ops.accumulate(h, k.w_h, acc.bits, acc.overflow, k.h_zero_point)
+            from_hidden = ops.requantize(acc_h, k.m_h, k.shift_h, rounding)
+            gates = (from_input[:, t].double() + from_hidden).clamp(gate_low, gate_high).float()
+            i, f, g, o = gates.chunk(4, dim=-1)
+            i, f, o = (ops.lut_lookup(v, self.luts.sigmoid) for v in (i, f, o))
+            g = ops.lut_lookup(g, self.luts.tanh)
+            kept = ops.mul(f, c, n_frac, lstm.cell_bits, rounding)
+            written = ops.mul(i, g, 2 * n_frac - c_frac, lstm.cell_bits, rounding)
+            unsaturated = kept + written
+            c = unsaturated.clamp(cell_low, cell_high)
+            squashed = ops.lut_lookup(self._cell_to_gate_format(c, c_frac), self.luts.tanh)
+            product = o.double() * squashed.double()  # < 2**30: exact in float64, not float32
+            h = ops.requantize_output(product, k.m_out, k.shift_out, k.h_zero_point, lstm.hidden_bits, rounding, order)
+            outputs.append(h)
+            if self.training:
+                observed_h.append(torch.stack([product.detach().min(), product.detach().max()]))
+                observed_c.append(torch.stack([unsaturated.detach().min(), unsaturated.detach().max()]))
+        if observed_h:
+            self.hidden_observer.observe(torch.cat(observed_h) * 2.0 ** (-2 * n_frac))
+            self.cell_observer.observe(torch.cat(observed_c) * 2.0**-c_frac)
+        y = torch.stack(outputs, dim=1) if outputs else x_q.new_zeros(x_q.size(0), 0, self.hidden_size)
+        return y, (h, c)
+
+    # ---- float interface ----
+    def initial_state_codes(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero state as codes: ``h = z_h``, ``c = 0``, each ``(N, H)`` float32."""
+        _, h_zero_point = self.hidden_scale_and_zero_point()
+        h = torch.full((batch_size, self.hidden_size), float(h_zero_point))
+        return h, torch.zeros(batch_size, self.hidden_size)
+
+    def quantize_state(self, state: FloatState) -> Tuple[torch.Tensor, torch.Tensor]:
+        """nn.LSTM's float state ``((1, N, H), (1, N, H))`` as codes ``(N, H)`` each (exact for a
+        state this layer returned)."""
+        h_scale, h_zero_point = self.hidden_scale_and_zero_point()
+        c_scale = torch.tensor(2.0**-self.cell_frac_bits())
+        h = ops.quantize(state[0][0], h_scale, h_zero_point, self.spec.lstm.hidden_bits)
+        return h, ops.quantize(state[1][0], c_scale, 0, self.spec.lstm.cell_bits)
+
+    def forward(self, x: torch.Tensor, state: Optional[FloatState] = None) -> Tuple[torch.Tensor, FloatState]:
+        """``x (N, T, K)`` float, ``state ((1, N, H), (1, N, H))`` or None ->
+        ``(y (N, T, H), (h, c))`` floats: the dequantized NNA outputs, as ``nn.LSTM``."""
+        x_q = self.quantize_input(x)
+        # Read the state with the scales the step uses (before this batch's observation).
+        h_scale, h_zero_point = self.hidden_scale_and_zero_point()
+        c_scale = 2.0**-self.cell_frac_bits()
+        codes = self.initial_state_codes(x.size(0)) if state is None else self.quantize_state(state)
+        y_q, (h, c) = self.forward_integers(x_q, codes)
+        y = ops.dequantize(y_q, h_scale, h_zero_point)
+        return y, (ops.dequantize(h, h_scale, h_zero_point)[None], (c * c_scale)[None])
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"

@@ -1,0 +1,285 @@
+"""Training-time emulation of the NNA's integer operators, in torch.
+
+Tensors are floats holding exact integers; every forward result equals the reference engine
+(``nnaqat.nna.reference``) bit for bit. The integer arithmetic is formulated independently
+here (closed forms in int64, or float64 where that is exact) so that the two implementations
+check each other. Gradients are straight-through:
+
+- rounding is the identity (``d round(y) / dy = 1``) and a clamp passes the gradient inside
+  its range and nothing outside (clipped STE), judged on the integer before the clamp;
+- a requantization has the gradient of its real multiplier;
+- a wrapping accumulator has gradient 1 (the wrap's derivative almost everywhere);
+- a LUT nonlinearity has the true function's derivative at the dequantized input.
+
+Argument conventions (multiplier, shift, rounding modes) are those of ``reference``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nnaqat.nna.lut import Lut
+from nnaqat.nna.reference import INT32_MAX, INT32_MIN, AddParams, int_range
+from nnaqat.nna.spec import OVERFLOWS, ROUNDINGS
+from nnaqat.quant.fake_quant import straight_through
+
+IntTensor = Union[int, torch.Tensor, np.ndarray]  # integers, scalar or broadcasting
+FLOAT32_EXACT = 2**24  # float32 holds every integer up to here
+# float64 holds |requantize| <= 2**31 * 2**shift exactly only up to this shift.
+MAX_EXACT_FLOAT64_SHIFT = 22
+
+
+def _long(value: IntTensor) -> torch.Tensor:
+    return torch.as_tensor(value).to(torch.int64)
+
+
+def _pow2(exponent: torch.Tensor) -> torch.Tensor:
+    """``2**exponent`` for an int64 tensor, exactly."""
+    return torch.ones_like(exponent) << exponent
+
+
+def _floor_div(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    return torch.div(numerator, denominator, rounding_mode="floor")
+
+
+def _check_rounding(rounding: str) -> None:
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+
+
+def real_multiplier(multiplier: IntTensor, shift: IntTensor) -> torch.Tensor:
+    """``M0 * 2**(shift - 31)`` in float64 (exact)."""
+    return torch.ldexp(_long(multiplier).double(), _long(shift) - 31)
+
+
+def quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, bits: int) -> torch.Tensor:
+    """``reference.quantize``: ``clamp(round(x / scale) + zero_point)`` to signed ``bits`` bits,
+    computed in float32 as ONNX QuantizeLinear (a division, ties to even).
+
+    float32, same shape as ``x``. Gradient ``1 / scale`` where the clamp is inactive, else 0.
+    """
+    low, high = int_range(bits)
+    scaled = x.float() / torch.as_tensor(scale, dtype=torch.float32)
+    unclamped = torch.round(scaled.detach()) + zero_point
+    inside = (unclamped >= low) & (unclamped <= high)
+    return straight_through(unclamped.clamp(low, high), scaled * inside)
+
+
+def dequantize(q: torch.Tensor, scale: float | torch.Tensor, zero_point: int) -> torch.Tensor:
+    """``(q - zero_point) * scale``."""
+    return (q - zero_point) * scale
+
+
+def fake_quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, bits: int) -> torch.Tensor:
+    """``x`` quantized and dequantized (:func:`quantize`'s clipped STE gradient)."""
+    return dequantize(quantize(x, scale, zero_point, bits), scale, zero_point)
+
+
+def exact_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x (..., K) @ weight (N, K).T`` for integer-valued tensors, exact, float64 ``(..., N)``.
+
+    float32 sums are exact only up to 2**24, which an int8 dot product passes once
+    ``K * max|x| * max|w| > 2**24`` (K > 1032 at full range). The K axis is therefore cut into
+    chunks whose partial sums stay below 2**24, each multiplied in float32 (fast, exact) and
+    summed in float64 (exact up to 2**53).
+    """
+    x32, w32 = x.float(), weight.float()
+    largest_term = float(x32.detach().abs().amax()) * float(w32.detach().abs().amax()) if x.numel() else 0.0
+    k = x.size(-1)
+    chunk = k if largest_term == 0 else max(1, min(k, int(FLOAT32_EXACT // largest_term)))
+    total = x32[..., :chunk] @ w32[:, :chunk].T
+    if chunk == k:
+        return total.double()
+    total = total.double()
+    for start in range(chunk, k, chunk):
+        total = total + (x32[..., start : start + chunk] @ w32[:, start : start + chunk].T).double()
+    return total
+
+
+def accumulate(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    acc_bits: int,
+    overflow: str,
+    x_zero_point: int = 0,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Integer linear layer into an ``acc_bits`` accumulator (``reference.accumulate``).
+
+    ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` in accumulator units: integer-valued
+    float tensors. Returns float64 ``(..., N)``. Saturation has the clipped STE gradient,
+    wrapping the identity; the matmul has its ordinary gradient.
+    """
+    if overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+    total = exact_linear(x - x_zero_point, weight)
+    if bias is not None:
+        total = total + bias.double()
+    low, high = int_range(acc_bits)
+    if overflow == "saturate":
+        return total.clamp(low, high)
+    wrapped = torch.remainder(total.detach() - low, 2.0**acc_bits) + low
+    return straight_through(wrapped, total)
+
+
+def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """gemmlowp's SRDHM on int32 values (int64 tensors in and out): ``floor((a*b + 2**30) / 2**31)``,
+    with INT32_MIN * INT32_MIN saturated to INT32_MAX."""
+    a, b = _long(a), _long(b)
+    high = _floor_div(a * b + 2**30, torch.tensor(2**31))
+    return torch.where((a == INT32_MIN) & (b == INT32_MIN), torch.tensor(INT32_MAX), high)
+
+
+def _requantize_long(acc: torch.Tensor, multiplier: IntTensor, shift: IntTensor, rounding: str) -> torch.Tensor:
+    """The integers of ``reference.requantize`` (int64), from closed forms."""
+    _check_rounding(rounding)
+    acc, m, s = _long(acc), _long(multiplier), _long(shift)
+    if rounding == "single":
+        total_shift = 31 - s
+        return _floor_div(acc * m + _pow2(total_shift - 1), _pow2(total_shift))
+    if rounding == "double":
+        shifted = (acc * _pow2(s.clamp_min(0))).clamp(INT32_MIN, INT32_MAX)
+        high = saturating_rounding_doubling_high_mul(shifted, m)
+        right = (-s).clamp_min(0)
+        # Round half away from zero: the magnitude rounds half up, the sign comes back after.
+        half = _floor_div(_pow2(right), torch.tensor(2))
+        return torch.sign(high) * _floor_div(high.abs() + half, _pow2(right))
+    if rounding == "tosa":
+        tosa_shift = 31 - s
+        correction = torch.where(acc >= 0, 2**30, -(2**30)) * (tosa_shift > 31)
+        return _floor_div(acc * m + _pow2(tosa_shift - 1) + correction, _pow2(tosa_shift))
+    product = acc.float() * real_multiplier(m, s).float()
+    return torch.round(product).long()
+
+
+def requantize(acc: torch.Tensor, multiplier: IntTensor, shift: IntTensor, rounding: str) -> torch.Tensor:
+    """``reference.requantize`` on an integer-valued float tensor of int32 accumulators.
+
+    Returns float64, the broadcast shape, before zero point and saturation; gradient the real
+    multiplier. ``shift <= 22`` so that the result is exact in float64.
+    """
+    if int(_long(shift).max()) > MAX_EXACT_FLOAT64_SHIFT:
+        raise ValueError(f"shift must be <= {MAX_EXACT_FLOAT64_SHIFT} for an exact float64 result")
+    value = _requantize_long(acc.detach(), multiplier, shift, rounding).double()
+    return straight_through(value, acc.double() * real_multiplier(multiplier, shift))
+
+
+def requantize_output(
+    acc: torch.Tensor,
+    multiplier: IntTensor,
+    shift: IntTensor,
+    zero_point: IntTensor,
+    out_bits: int,
+    rounding: str,
+    zero_point_order: str = "after_rounding",
+) -> torch.Tensor:
+    """``reference.requantize_output``: round, add the zero point, clamp to ``out_bits`` (<= 24).
+
+    Returns float32, the broadcast shape. Gradient: the real multiplier where the clamp is
+    inactive, else 0.
+    """
+    if out_bits > 24:
+        raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
+    zero_point = _long(zero_point)
+    if zero_point_order == "after_rounding":
+        value = _requantize_long(acc.detach(), multiplier, shift, rounding) + zero_point
+    elif zero_point_order == "before_rounding" and rounding == "fp32_rne":
+        product = acc.detach().float() * real_multiplier(multiplier, shift).float()
+        value = torch.round(product + zero_point.float()).long()
+    else:
+        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+    low, high = int_range(out_bits)
+    inside = (value >= low) & (value <= high)
+    surrogate = acc.double() * real_multiplier(multiplier, shift) * inside
+    return straight_through(value.clamp(low, high).float(), surrogate.float())
+
+
+def add(
+    a: torch.Tensor,
+    a_zero_point: int,
+    b: torch.Tensor,
+    b_zero_point: int,
+    params: AddParams,
+    out_zero_point: int,
+    out_bits: int,
+    rounding: str,
+) -> torch.Tensor:
+    """``reference.add``: saturating add with rescale (TFLite's ADD). float32, broadcast shape."""
+    headroom = 2.0**params.left_shift
+    a_scaled = requantize((a.double() - a_zero_point) * headroom, *params.a, rounding)
+    b_scaled = requantize((b.double() - b_zero_point) * headroom, *params.b, rounding)
+    return requantize_output(a_scaled + b_scaled, *params.out, out_zero_point, out_bits, rounding)
+
+
+def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: str) -> torch.Tensor:
+    """``reference.mul``: 16-bit × 16-bit, rounding right shift, saturation. float32.
+
+    The product (< 2**30) and its division by 2**shift are exact in float64, so the roundings
+    are done there. Gradient: the product's, times 2**-shift, where not saturated.
+    """
+    _check_rounding(rounding)
+    scaled = a.detach().double() * b.detach().double() / 2.0**shift
+    if rounding == "fp32_rne":
+        rounded = torch.round(scaled)  # half to even
+    elif rounding == "double":
+        rounded = torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)
+    else:
+        rounded = torch.floor(scaled + 0.5)
+    low, high = int_range(out_bits)
+    inside = (rounded >= low) & (rounded <= high)
+    surrogate = a.double() * b.double() / 2.0**shift * inside
+    return straight_through(rounded.clamp(low, high).float(), surrogate.float())
+
+
+_TRUE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
+    """``reference.lut_lookup`` on integer-valued ``x`` (``lut.input`` codes). float32, same shape.
+
+    Gradient: ``f'(x * 2**-in_frac) * 2**(out_frac - in_frac)``, the true function's
+    derivative in integer units.
+    """
+    low, _ = int_range(lut.input.bits)
+    table = torch.from_numpy(lut.table.copy())
+    segment = 2**lut.segment_bits
+    position = x.detach().long() - low
+    if not lut.interpolate:
+        value = table[_floor_div(position + segment // 2, torch.tensor(segment))]
+    else:
+        index = _floor_div(position, torch.tensor(segment))
+        offset = position - index * segment
+        right = table[(index + 1).clamp_max(table.numel() - 1)]
+        slope = right - table[index]
+        value = table[index] + _floor_div(slope * offset + segment // 2, torch.tensor(segment))
+    true_function = _TRUE_FUNCTIONS[lut.function]
+    # float64: in float32, sigmoid's 1 - y near saturation cancels to a few significant bits.
+    surrogate = true_function(x.double() * 2.0**-lut.input.frac_bits) * 2.0**lut.output.frac_bits
+    return straight_through(value.float(), surrogate.float())
+
+
+def embedding_lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rows of an integer-valued embedding ``table (V, D)`` for int64 ``ids (...)``:
+    ``(..., D)``; the gradient reaches the selected rows."""
+    return F.embedding(ids, table)
+
+
+__all__ = [
+    "accumulate",
+    "add",
+    "dequantize",
+    "embedding_lookup",
+    "exact_linear",
+    "fake_quantize",
+    "lut_lookup",
+    "mul",
+    "quantize",
+    "real_multiplier",
+    "requantize",
+    "requantize_output",
+    "saturating_rounding_doubling_high_mul",
+]

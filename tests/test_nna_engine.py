@@ -1,0 +1,210 @@
+"""The whole NNA transducer: a model trained on real FSDD, converted with ``nna_``, calibrated and
+exported, runs in the NumPy integer engine with zero mismatching integers against the emulated
+torch model (encoder outputs, joiner logits, greedy hypotheses), streaming or not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+from lhotse import load_manifest
+
+from nnaqat.checkpoint import load_model
+from nnaqat.data.datamodule import batch_to_tensors, eval_dataloader
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.search import greedy_search
+from nnaqat.decode.wer import error_stats
+from nnaqat.models import Transducer
+from nnaqat.nna import NnaSpec, ops
+from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
+from nnaqat.nna.engine import IntegerTransducer
+from nnaqat.nna.export import export_integer_model
+from nnaqat.nna.integer_model import VERSION, load_integer_model, save_integer_model, to_arrays
+from trained_model import EPOCHS, trained_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = {name: NnaSpec.from_yaml(REPO / f"egs/fsdd/conf/nna/{name}.yaml") for name in ("int8", "harsh")}
+CALIBRATION_BATCHES = 4
+
+
+@pytest.fixture(scope="session")
+def exp_dir(tiny_data, tmp_path_factory) -> Path:
+    return trained_model_dir(tiny_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_data) -> Tokenizer:
+    return Tokenizer(tiny_data.bpe_model)
+
+
+@pytest.fixture(scope="module")
+def calibration_batches(tiny_data, tokenizer):
+    """The first training batches, as (x, x_lens, y, y_lens)."""
+    batches = []
+    for batch in eval_dataloader(load_manifest(tiny_data.train), max_duration=20.0):
+        batches.append(batch_to_tensors(batch, tokenizer)[:4])
+        if len(batches) == CALIBRATION_BATCHES:
+            return batches
+    return batches
+
+
+@pytest.fixture(scope="module")
+def dev(tiny_data):
+    """Real connected-digit dev utterances: ids, texts, padded fbank ``(N, T, 80)`` and lengths."""
+    cuts = load_manifest(tiny_data.dev)
+    x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c.load_features()) for c in cuts], batch_first=True)
+    return list(cuts.ids), [c.supervisions[0].text for c in cuts], x, torch.tensor([c.num_frames for c in cuts])
+
+
+def codes_of(value: torch.Tensor, source) -> np.ndarray:
+    """The integer codes a dequantized tensor holds (exact: same scale and zero point)."""
+    scale, zero_point = source.scale_and_zero_point()
+    return (torch.round(value / scale) + zero_point).long().numpy()
+
+
+@dataclass
+class Converted:
+    spec_name: str
+    model: Transducer
+    engine: IntegerTransducer
+    features: torch.Tensor  # normalised, (N, T, F): the float front-end's output, shared by both
+    encoder_out: torch.Tensor  # emulated, dequantized (N, T', d_model)
+    encoder_lens: torch.Tensor
+    hyps: List[List[int]]  # emulated greedy search
+
+
+@pytest.fixture(scope="module", params=list(SPECS))
+def converted(request, exp_dir, calibration_batches, dev, tmp_path_factory) -> Converted:
+    model = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+    nna_(model, SPECS[request.param])
+    calibrate(model, calibration_batches)
+    freeze_calibration(model)
+    model.eval()
+    path = tmp_path_factory.mktemp("integer") / "model.npz"
+    save_integer_model(export_integer_model(model), path)  # the engine runs what the file holds
+    engine = IntegerTransducer.load(path)
+    _, _, x, x_lens = dev
+    with torch.no_grad():
+        features = model.encoder.feature_norm(x)
+        encoder_out, _ = model.encoder.encode_normalised(features)
+        encoder_lens = model.encoder.output_length(x_lens)
+        hyps = greedy_search(model, encoder_out, encoder_lens)
+    return Converted(request.param, model, engine, features, encoder_out, encoder_lens, hyps)
+
+
+def test_encoder_outputs_match_integer_for_integer(converted, dev):
+    _, _, _, x_lens = dev
+    expected = codes_of(converted.encoder_out, converted.model.encoder.output_range)
+    compared = mismatches = 0
+    for i, (frames, length) in enumerate(zip(x_lens.tolist(), converted.encoder_lens.tolist())):
+        engine = converted.engine
+        out = engine.encode(engine.quantize_features(converted.features[i, :frames].numpy()))
+        assert out.shape == (length, converted.model.encoder.d_model)
+        compared += out.size
+        mismatches += int(np.count_nonzero(out != expected[i, :length]))
+    print(f"[{converted.spec_name}] encoder output codes: {mismatches} mismatches of {compared}")
+    assert mismatches == 0 and compared > 10_000
+
+
+def test_joiner_logits_match_on_the_transcript_lattice(converted, dev, tokenizer):
+    """Logits of every (frame, transcript prefix) pair: encoder projection, predictor, joiner."""
+    model, engine = converted.model, converted.engine
+    ids, texts, _, _ = dev
+    blank, context_size = model.blank_id, model.predictor.context_size
+    output_range = model.joiner.output_linear.output_observer
+    compared = mismatches = 0
+    for i, text in enumerate(texts):
+        tokens = tokenizer.encode(text)
+        length = int(converted.encoder_lens[i])
+        with torch.no_grad():
+            enc = model.joiner.encoder_proj(converted.encoder_out[i, :length])
+            dec = model.joiner.decoder_proj(model.predictor(torch.tensor([[blank] + tokens]))[0])
+            expected = codes_of(model.joiner(enc[:, None], dec[None], project_input=False), output_range)
+        history = [blank] * context_size + tokens
+        enc_q = engine.project_encoder(codes_of(converted.encoder_out[i, :length], model.encoder.output_range))
+        dec_q = np.stack([engine.predict(history[u : u + context_size]) for u in range(len(tokens) + 1)])
+        logits = engine.join(enc_q[:, None], dec_q[None])
+        assert logits.shape == expected.shape == (length, len(tokens) + 1, model.config.vocab_size)
+        compared += logits.size
+        mismatches += int(np.count_nonzero(logits != expected))
+    print(f"[{converted.spec_name}] joiner logit codes: {mismatches} mismatches of {compared}")
+    assert mismatches == 0
+
+
+@pytest.mark.parametrize("chunk_frames", [None, 1, 3])
+def test_greedy_hypotheses_identical_streaming_or_not(converted, dev, chunk_frames):
+    _, _, _, x_lens = dev
+    engine_hyps = [
+        converted.engine.decode(converted.features[i, :frames].numpy(), chunk_frames)
+        for i, frames in enumerate(x_lens.tolist())
+    ]
+    differing = sum(a != b for a, b in zip(engine_hyps, converted.hyps))
+    print(f"[{converted.spec_name}] chunk {chunk_frames}: {differing} of {len(engine_hyps)} hypotheses differ")
+    assert differing == 0
+    assert sum(len(h) for h in engine_hyps) > 2 * len(engine_hyps)  # real hypotheses, not empty ones
+
+
+def test_post_training_int8_model_decodes_like_the_float_model(converted, exp_dir, dev, tokenizer):
+    """The comparisons above are between real hypotheses: the default-spec integer model, with no
+    emulation in training, stays close to the float model; the harsh spec is no better."""
+    ids, texts, x, x_lens = dev
+    float_model = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+    with torch.no_grad():
+        out, lens, _ = float_model.encoder(x, x_lens)
+        float_hyps = greedy_search(float_model, out, lens)
+
+    def wer(hyps: List[List[int]]) -> float:
+        return error_stats([(i, t.split(), tokenizer.decode(h).split()) for i, t, h in zip(ids, texts, hyps)])[0].wer
+
+    float_wer, integer_wer = wer(float_hyps), wer(converted.hyps)
+    print(f"[{converted.spec_name}] greedy WER: float {float_wer:.2f}, integer {integer_wer:.2f}")
+    assert float_wer < 60.0
+    if converted.spec_name == "int8":
+        assert integer_wer <= float_wer + 10.0
+    else:
+        assert integer_wer >= float_wer - 5.0
+
+
+def test_integer_model_file_round_trip_and_version(converted, tmp_path):
+    integer = export_integer_model(converted.model)
+    path = tmp_path / "model.npz"
+    save_integer_model(integer, path)
+    arrays, loaded = to_arrays(integer), to_arrays(load_integer_model(path))
+    assert arrays.keys() == loaded.keys()
+    assert all(np.array_equal(arrays[k], loaded[k]) for k in arrays)
+    assert arrays["encoder.layers.0.input.weight"].dtype == np.int64
+    with np.load(path) as data:
+        stored = dict(data)
+    stored["version"] = np.array(VERSION + 1)
+    np.savez(tmp_path / "future.npz", **stored)
+    with pytest.raises(ValueError, match="version"):
+        load_integer_model(tmp_path / "future.npz")
+
+
+def test_converted_checkpoint_rebuilds_the_same_integers(converted, exp_dir):
+    """A converted model's state dict, loaded into a freshly converted float model, exports the
+    same integers (how training checkpoints of an emulated model come back)."""
+    rebuilt = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+    nna_(rebuilt, converted.model.nna_spec, state_dict=converted.model.state_dict())
+    a, b = to_arrays(export_integer_model(converted.model)), to_arrays(export_integer_model(rebuilt))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_engine_imports_no_torch():
+    code = "import sys, nnaqat.nna.engine, nnaqat.nna.integer_model; assert 'torch' not in sys.modules, 'torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nna_refuses_models_it_cannot_emulate(exp_dir):
+    model = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+    nna_(model, SPECS["int8"])
+    with pytest.raises(ValueError, match="already"):
+        nna_(model, SPECS["int8"])
+    with pytest.raises(RuntimeError, match="no data"):  # uncalibrated: nothing to export
+        export_integer_model(model)

@@ -1,0 +1,95 @@
+"""NNA spec files: both shipped specs load; every bad key or value names the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnaqat.nna import NnaSpec, NnaSpecError, QFormat
+
+CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna"
+
+
+def test_default_spec_file_is_the_documented_default():
+    spec = NnaSpec.from_yaml(CONF / "int8.yaml")
+    assert spec == NnaSpec()
+    assert (spec.weights.bits, spec.weights.granularity, spec.activations.bits) == (8, "per_channel", 8)
+    assert (spec.accumulator.bits, spec.accumulator.overflow) == (32, "saturate")
+    assert (spec.requantization.rounding, spec.requantization.zero_point) == ("single", "after_rounding")
+    assert (spec.lut.size, spec.lut.interpolate) == (513, True)
+    assert spec.lstm.gate == QFormat(3, 12) and spec.lstm.gate.bits == 16
+    assert spec.lstm.nonlinearity == QFormat(0, 15) and spec.lstm.cell_bits == 16 and spec.lstm.hidden_bits == 8
+    assert spec.placement_of("joiner.output_linear") == "nna"
+
+
+def test_harsh_spec_file():
+    spec = NnaSpec.from_yaml(CONF / "harsh.yaml")
+    assert spec.lstm.gate.bits == 8 and spec.lstm.nonlinearity.bits == 8 and spec.lstm.cell_bits == 8
+    assert (spec.lut.size, spec.lut.interpolate) == (65, False)
+    assert (spec.accumulator.bits, spec.accumulator.overflow) == (20, "saturate")
+
+
+def test_spec_is_frozen():
+    spec = NnaSpec()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lut.size = 65  # type: ignore[misc]
+
+
+def test_placement_first_matching_glob_wins(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text('placement:\n  joiner.output_linear: cpu\n  "joiner.*": nna\n  "encoder.*": cpu\n')
+    spec = NnaSpec.from_yaml(path)
+    assert spec.placement_of("joiner.output_linear") == "cpu"
+    assert spec.placement_of("joiner.encoder_proj") == "nna"
+    assert spec.placement_of("encoder.layers.0") == "cpu"
+    assert spec.placement_of("predictor.embedding") == "nna"  # no rule: the NNA
+
+
+def edited(tmp_path: Path, section: str, key: str, value) -> Path:
+    """int8.yaml with one value replaced (or added)."""
+    data = yaml.safe_load((CONF / "int8.yaml").read_text())
+    if section:
+        data[section][key] = value
+    else:
+        data[key] = value
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "section,key,value,named",
+    [
+        ("", "accumulators", {"bits": 32}, "'accumulators'"),  # unknown top-level key
+        ("lut", "sizes", 65, "'lut.sizes'"),  # unknown nested key
+        ("requantization", "rounding", "banker", "requantization.rounding"),
+        ("requantization", "zero_point", "before_rounding", "requantization"),  # only with fp32_rne
+        ("accumulator", "overflow", "clip", "accumulator.overflow"),
+        ("accumulator", "bits", 40, "accumulator: bits"),
+        ("weights", "bits", "8", "weights.bits"),  # a string, not an integer
+        ("weights", "granularity", "per_row", "weights.granularity"),
+        ("lut", "size", 100, "lut: size"),
+        ("lut", "interpolate", 1, "lut.interpolate"),
+        ("lstm", "gate", "Q3.x", "lstm.gate"),
+        ("lstm", "nonlinearity", "Q1.14", "lstm: nonlinearity"),
+        ("lstm", "cell_bits", True, "lstm.cell_bits"),
+        ("placement", "joiner.*", "gpu", "placement"),
+        ("", "lut", [513], "lut"),  # a list where a mapping belongs
+    ],
+)
+def test_bad_spec_names_file_and_key(tmp_path, section, key, value, named):
+    path = edited(tmp_path, section, key, value)
+    with pytest.raises(NnaSpecError) as error:
+        NnaSpec.from_yaml(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and named in message
+
+
+def test_lut_must_fit_the_gate_format(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("lut:\n  size: 513\nlstm:\n  gate: Q3.4\n  nonlinearity: Q0.7\n")
+    with pytest.raises(NnaSpecError, match="lut.size - 1 = 512 exceeds the 256 codes of lstm.gate Q3.4"):
+        NnaSpec.from_yaml(path)
