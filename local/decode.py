@@ -17,24 +17,22 @@ from pathlib import Path
 import torch
 from lhotse import load_manifest_lazy
 
-from nnaqat.checkpoint import epoch_checkpoints, load_model
+from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
 from nnaqat.decode.wer import write_error_stats, write_recogs
-from nnaqat.export import load_packed
 from nnaqat.quant import quantize_
 from nnaqat.quant.config import add_post_training_arguments, post_training_config
 
 
 def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp-dir", type=Path, required=True)
-    parser.add_argument("--epoch", type=int, help="decode epoch-N.pt (averaged with --avg)")
-    parser.add_argument("--avg", type=int, default=1)
-    parser.add_argument("--checkpoint", type=Path, help="decode this checkpoint instead of --epoch/--avg")
+    add_model_arguments(parser, exp_dir_required=True)
     parser.add_argument("--bpe-model", type=Path, required=True)
     parser.add_argument("--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"])
     parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--blank-penalty", type=float, default=0.0,
+                        help="subtracted from the blank logit (sherpa-onnx's blank_penalty); fewer deletions")
     parser.add_argument("--max-duration", type=float, default=300.0)
     parser.add_argument("--cuts", nargs="*", default=[], help="NAME=manifest.jsonl.gz (features or audio)")
     parser.add_argument("--wavs", nargs="*", default=[], type=Path, help="wav files (any sample rate)")
@@ -47,18 +45,14 @@ def main() -> None:
     args = get_args()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    if args.checkpoint:
-        paths, suffix = [args.checkpoint], args.checkpoint.stem
-    elif args.epoch:
-        paths, suffix = epoch_checkpoints(args.exp_dir, args.epoch, args.avg), f"epoch-{args.epoch}-avg-{args.avg}"
-    else:
-        raise SystemExit("give --epoch (and --avg) or --checkpoint")
+    model, suffix = load_model_from_args(args)
     if args.method == "modified_beam_search":
         suffix += f"-beam-{args.beam_size}"
-    model = load_packed(args.checkpoint) if args.checkpoint and args.checkpoint.suffix == ".pack" else load_model(paths)
+    if args.blank_penalty:
+        suffix += f"-blank-penalty-{args.blank_penalty:g}"
     if args.quantizer != "none":
         if getattr(model, "quantizer", None) is not None:
-            raise SystemExit(f"{paths[0]} is already quantized ({model.quantizer.config.quantizer})")
+            raise SystemExit(f"{args.checkpoint or args.exp_dir} is already quantized ({model.quantizer.config.quantizer})")
         quantizer = quantize_(model, post_training_config(args))
         quantizer.finalize(model)
         quantizer.check_on_codebook(model)
@@ -75,7 +69,8 @@ def main() -> None:
     if not test_sets:
         raise SystemExit("nothing to decode: give --cuts NAME=manifest and/or --wavs")
     for name, cuts in test_sets:
-        results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration)
+        results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration,
+                               blank_penalty=args.blank_penalty)
         write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
         if name == "wavs":
             for cut_id, _, hyp in sorted(results):

@@ -65,6 +65,21 @@ def test_beam_one_equals_greedy(trained, tiny_data):
     assert len(beam4) == len(cuts)
 
 
+def test_blank_penalty_trades_deletions_for_insertions(trained, tiny_data):
+    model = load_model([trained / "epoch-3.pt"])
+    cuts = load_manifest(tiny_data.dev)
+    x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c.load_features()) for c in cuts], batch_first=True)
+    x_lens = torch.tensor([c.num_frames for c in cuts])
+    encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
+    lengths = lambda penalty: [len(h) for h in greedy_search(model, encoder_out, encoder_lens, blank_penalty=penalty)]
+    none, some = lengths(0.0), lengths(2.0)
+    assert all(b >= a for a, b in zip(none, some)) and sum(some) > sum(none)
+    # A prohibitive penalty emits a token on every encoder frame.
+    assert lengths(1e4) == encoder_lens.tolist()
+    beam = modified_beam_search(model, encoder_out, encoder_lens, beam=4, blank_penalty=1e4)
+    assert [len(h) for h in beam] == encoder_lens.tolist()
+
+
 def test_decode_script_writes_icefall_files(trained, tiny_data, tmp_path):
     cmd = [sys.executable, str(REPO / "local/decode.py"), "--exp-dir", str(trained), "--epoch", "3", "--avg", "2",
            "--bpe-model", str(tiny_data.bpe_model), "--method", "modified_beam_search", "--beam-size", "3",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -72,3 +73,25 @@ def load_model(paths: Sequence[Path | str]) -> Transducer:
         quantizer.finalize(model)
         quantizer.check_on_codebook(model)
     return model.eval()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, exp_dir_required: bool = False) -> None:
+    """The flags every decoding/export script takes to name a model: ``--exp-dir --epoch --avg`` or
+    ``--checkpoint`` (a ``.pt`` checkpoint or a ``.pack`` side-car)."""
+    parser.add_argument("--exp-dir", type=Path, required=exp_dir_required)
+    parser.add_argument("--epoch", type=int, help="use epoch-N.pt (averaged with --avg)")
+    parser.add_argument("--avg", type=int, default=1)
+    parser.add_argument("--checkpoint", type=Path, help="use this checkpoint (.pt or .pack) instead of --epoch/--avg")
+
+
+def load_model_from_args(args: argparse.Namespace) -> Tuple[Transducer, str]:
+    """The model named by :func:`add_model_arguments` flags and a suffix naming it in result files."""
+    from nnaqat.export.packed import load_packed  # the side-car module imports this one
+
+    if args.checkpoint:
+        if args.checkpoint.suffix == ".pack":
+            return load_packed(args.checkpoint), args.checkpoint.stem
+        return load_model([args.checkpoint]), args.checkpoint.stem
+    if args.exp_dir and args.epoch:
+        return load_model(epoch_checkpoints(args.exp_dir, args.epoch, args.avg)), f"epoch-{args.epoch}-avg-{args.avg}"
+    raise SystemExit("give --exp-dir with --epoch (and --avg), or --checkpoint")

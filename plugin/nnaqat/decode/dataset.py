@@ -42,6 +42,7 @@ def decode_cuts(
     beam: int = 4,
     max_duration: float = 300.0,
     progress: bool = True,
+    blank_penalty: float = 0.0,
 ) -> List[Result]:
     """Decodes every cut; returns ``(cut_id, reference words, hypothesis words)`` triples.
 
@@ -72,7 +73,7 @@ def decode_cuts(
             x_lens = torch.zeros(x.size(0), dtype=torch.int64)
             x_lens[sup["sequence_idx"]] = sup["num_frames"].to(torch.int64)
             encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
-            hyps = search(model, encoder_out, encoder_lens, method, beam)
+            hyps = search(model, encoder_out, encoder_lens, method, beam, blank_penalty)
             for seq_idx, cut, text in zip(sup["sequence_idx"].tolist(), sup["cut"], sup["text"]):
                 results.append((cut.id, (text or "").split(), tokenizer.decode(hyps[seq_idx]).split()))
     return results

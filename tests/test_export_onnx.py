@@ -1,0 +1,222 @@
+"""ONNX export in sherpa-onnx's LSTM contract: ONNX Runtime parity and the real sherpa-onnx client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import torch
+from lhotse import CutSet, load_manifest
+
+from nnaqat.checkpoint import load_model
+from nnaqat.data.fsdd import compose_connected_digits
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.streaming import StreamingDecoder, decode_cuts_streaming, decode_streams
+from nnaqat.decode.wav_stream import stream_wav
+from nnaqat.decode.wer import error_stats
+from nnaqat.export.onnx import EncoderForOnnx, OnnxFiles, count_ops, export_onnx, quantize_int8, read_metadata
+from nnaqat.export.ort import OrtTransducer, parity
+from nnaqat.export.sherpa import check_model_files, decode_with_sherpa, transcribe_with_sherpa
+from nnaqat.models import Transducer, TransducerConfig
+from trained_model import EPOCHS, trained_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK_FRAMES = 2
+
+
+@pytest.fixture(scope="session")
+def exp_dir(tiny_data, tmp_path_factory) -> Path:
+    return trained_model_dir(tiny_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(exp_dir):
+    return load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+
+
+@pytest.fixture(scope="module")
+def exported(model, tiny_data, tmp_path_factory):
+    """fp32 and post-training int8 exports, 2 encoder frames per chunk."""
+    fp32 = export_onnx(model, tiny_data.bpe_model.parent / "tokens.txt", tmp_path_factory.mktemp("onnx"), CHUNK_FRAMES)
+    return {"fp32": fp32, "int8": quantize_int8(fp32)}
+
+
+@pytest.fixture(scope="module")
+def dev_features(tiny_data):
+    return [torch.from_numpy(c.load_features()) for c in load_manifest(tiny_data.dev)]
+
+
+@pytest.fixture(scope="module")
+def test_audio(fsdd_manifests) -> CutSet:
+    """20 connected-digit utterances with audio (8 kHz) from the FSDD test takes."""
+    words = CutSet.from_manifests(**fsdd_manifests["test"])
+    return compose_connected_digits(words, 20, seed=3, prefix="test", speakers=["jackson", "theo"]).to_eager()
+
+
+def _io(path: Path):
+    graph = onnx.load(str(path)).graph
+    shape = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+    elem = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+    return [(v.name, elem(v), shape(v)) for v in graph.input], [(v.name, shape(v)) for v in graph.output]
+
+
+def test_files_follow_the_sherpa_onnx_lstm_contract(exported, model):
+    files = exported["fp32"]
+    enc, dec = model.encoder, model.predictor
+    meta = read_metadata(files.encoder)
+    # 2 encoder frames of 8x frame stacking read 8*2 + 8 + 1 = 25 frames and advance 16.
+    expected = {"model_type": "lstm", "T": "25", "decode_chunk_len": "16", "num_encoder_layers": "2",
+                "d_model": "64", "rnn_hidden_size": "64"}
+    assert {k: meta[k] for k in expected} == expected
+    inputs, outputs = _io(files.encoder)
+    assert inputs == [("x", "FLOAT", ["N", 25, 80]), ("state0", "FLOAT", [2, "N", enc.d_model]),
+                      ("state1", "FLOAT", [2, "N", enc.hidden_size])]
+    assert [name for name, _ in outputs] == ["encoder_out", "new_state0", "new_state1"]
+    ort_model = OrtTransducer(files)
+    encoder_out, state0, state1 = ort_model.run_encoder(np.zeros((3, 25, 80), np.float32), *ort_model.initial_state(3))
+    assert (encoder_out.shape, state0.shape, state1.shape) == ((3, CHUNK_FRAMES, 32), (2, 3, 64), (2, 3, 64))
+    assert read_metadata(files.decoder) == {"context_size": "2", "vocab_size": str(dec.vocab_size)}
+    assert _io(files.decoder) == ([("y", "INT64", ["N", 2])], [("decoder_out", ["N", 32])])
+    assert _io(files.joiner) == ([("encoder_out", "FLOAT", ["N", 32]), ("decoder_out", "FLOAT", ["N", 32])],
+                                 [("logit", ["N", dec.vocab_size])])
+    assert files.tokens.read_text().splitlines()[0] == "<blk> 0"
+    for fp32_file, int8_file in zip(files.models(), exported["int8"].models()):
+        assert read_metadata(fp32_file).items() <= read_metadata(int8_file).items()
+    assert check_model_files(exported["int8"])["model_type"] == "lstm"
+
+
+def test_fp32_onnx_runtime_equals_torch_chunk_by_chunk(exported, model, dev_features):
+    report = parity(model, OrtTransducer(exported["fp32"]), dev_features)
+    assert report.frames > 500
+    assert report.logit <= 1e-4, report
+    assert report.argmax_agree == report.frames
+
+
+def test_fp32_encoder_batches_streams(exported, model, dev_features):
+    ort_model = OrtTransducer(exported["fp32"])
+    x = torch.stack([f[:25] for f in dev_features[:3]])
+    state = [torch.randn(2, 3, 64), torch.randn(2, 3, 64)]
+    out_o = ort_model.run_encoder(x.numpy(), *(s.numpy() for s in state))
+    with torch.no_grad():
+        out_t = EncoderForOnnx(model)(x, *state)
+    for t, o in zip(out_t, out_o):
+        assert np.abs(t.numpy() - o).max() <= 1e-4
+
+
+def test_post_training_int8_is_icefalls_dynamic_quantization(exported, model, dev_features):
+    fp32, int8 = exported["fp32"], exported["int8"]
+    ops = {part: count_ops(path) for part, path in zip(("encoder", "decoder", "joiner"), int8.models())}
+    assert "MatMul" not in ops["encoder"] and ops["encoder"]["MatMulInteger"] == 2  # frame stacking, projection
+    assert ops["encoder"]["LSTM"] == 2  # LSTMs stay float, as in icefall's int8 exports
+    assert ops["decoder"]["MatMulInteger"] == 1 and ops["decoder"]["DequantizeLinear"] == 1  # int8 embedding
+    assert "MatMul" not in ops["joiner"] and ops["joiner"]["MatMulInteger"] == 1
+    assert int8.total_bytes() < 0.7 * fp32.total_bytes()
+    report = parity(model, OrtTransducer(int8), dev_features)
+    assert 1e-3 < report.logit < 1.0  # really quantized, and still the same model
+
+
+def test_export_rejects_what_sherpa_onnx_cannot_run(tmp_path, tiny_data):
+    tokens = tiny_data.bpe_model.parent / "tokens.txt"
+    lstm_predictor = Transducer(TransducerConfig(vocab_size=10, predictor="lstm", joiner_dim=8,
+                                                 encoder_kwargs={"hidden_size": 16, "num_layers": 1}))
+    with pytest.raises(ValueError, match="stateless predictor"):
+        export_onnx(lstm_predictor, tokens, tmp_path)
+    projected = Transducer(TransducerConfig(vocab_size=10, joiner_dim=8,
+                                            encoder_kwargs={"hidden_size": 16, "num_layers": 1, "proj_size": 8}))
+    with pytest.raises(ValueError, match="proj_size"):
+        export_onnx(projected, tokens, tmp_path)
+
+
+def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, model, test_audio, tiny_data):
+    run = decode_with_sherpa(exported["fp32"], test_audio, sample_rate=16000, dump_features=True)
+    assert len(run.utterances) == len(test_audio) and 0 < run.rtf < 1
+    tokenizer = Tokenizer(tiny_data.bpe_model)
+    # 1. Our streaming greedy on exactly the feature chunks sherpa-onnx's encoder received.
+    decoder = StreamingDecoder(model, "greedy_search", chunk_frames=CHUNK_FRAMES)
+    g = decoder.geometry
+    utterances = []
+    for u in run.utterances:
+        chunks = torch.from_numpy(u.chunk_features)
+        assert chunks.shape[1:] == (g.size, 80)
+        frames = torch.cat([chunks[0]] + [c[g.size - g.shift :] for c in chunks[1:]])  # undo the overlap
+        utterances.append((u.id, frames, 1.0))
+        assert u.text.split() == tokenizer.decode(u.tokens).split()
+    ours = {s.id: s.tokens for s in decode_streams(decoder, utterances).streams}
+    assert [u.id for u in run.utterances if ours[u.id] != u.tokens] == []
+    # 2. Our streaming greedy on lhotse features of the audio as is (sherpa-onnx had silence appended).
+    plain = {s.id: s.tokens for s in decode_cuts_streaming(model, test_audio, chunk_frames=CHUNK_FRAMES).streams}
+    assert [u.id for u in run.utterances if plain[u.id] != u.tokens] == []
+    assert sum(len(u.tokens) > 0 for u in run.utterances) > len(test_audio) / 2
+
+
+def test_sherpa_onnx_failures_raise_instead_of_exiting(exported, tmp_path, test_audio):
+    broken = OnnxFiles.in_dir(tmp_path)
+    for src, dst in zip((*exported["fp32"].models(), exported["fp32"].tokens), (*broken.models(), broken.tokens)):
+        dst.write_bytes(src.read_bytes())
+    # No metadata: caught before sherpa-onnx sees it, naming the file.
+    model = onnx.load(str(broken.decoder))
+    del model.metadata_props[:]
+    onnx.save(model, str(broken.decoder))
+    with pytest.raises(ValueError, match=r"decoder\.onnx: metadata lacks \['context_size', 'vocab_size'\]"):
+        decode_with_sherpa(broken, test_audio.subset(first=1))
+    # A joiner sherpa-onnx cannot load: it exits the child, and we get an exception.
+    broken.decoder.write_bytes(exported["fp32"].decoder.read_bytes())
+    broken.joiner.write_bytes(b"not an onnx model")
+    with pytest.raises(RuntimeError, match="sherpa-onnx exited with code"):
+        decode_with_sherpa(broken, test_audio.subset(first=1))
+
+
+def test_export_and_sherpa_decode_scripts(exp_dir, tiny_data, test_audio, tmp_path, model):
+    onnx_dir = tmp_path / "onnx"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "local/export_onnx.py"), "--checkpoint", str(exp_dir / f"epoch-{EPOCHS}.pt"),
+         "--tokens", str(tiny_data.bpe_model.parent / "tokens.txt"), "--out-dir", str(onnx_dir),
+         "--chunk-frames", "2", "--check-cuts", str(tiny_data.dev), "--check-num", "4"],
+        check=True, capture_output=True, text=True,
+    )
+    assert "fp32 vs PyTorch on 4 utterances: max |dlogit|" in done.stdout
+    manifest = tmp_path / "test_raw.jsonl.gz"
+    test_audio.to_file(manifest)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "local/sherpa_decode.py"), "--onnx-dir", str(onnx_dir), "--precision", "fp32",
+         "--exp-dir", str(tmp_path), "--cuts", f"test={manifest}"],
+        check=True, capture_output=True, text=True,
+    )
+    assert "RTF" in done.stdout
+    errs = (tmp_path / "sherpa-onnx" / "greedy_search" / "errs-test-fp32-chunk-2.txt").read_text()
+    ours = decode_cuts_streaming(model, test_audio, chunk_frames=CHUNK_FRAMES).streams
+    tokenizer = Tokenizer(tiny_data.bpe_model)
+    stats, _ = error_stats([(s.id, test_audio[s.id].supervisions[0].text.split(), tokenizer.decode(s.tokens).split())
+                            for s in ours])
+    assert errs.splitlines()[0] == f"%WER = {stats.wer:.2f}"
+
+
+def test_transcribe_own_audio_at_any_rate(exported, exp_dir, model, test_audio, tiny_data, tmp_path):
+    cut = test_audio[0]
+    wav = tmp_path / "mine.wav"
+    sf.write(wav, cut.resample(44100).load_audio()[0], 44100)  # "your own" recording, at 44.1 kHz
+    tokenizer = Tokenizer(tiny_data.bpe_model)
+    expected = tokenizer.decode(decode_cuts_streaming(model, [cut], chunk_frames=CHUNK_FRAMES).streams[0].tokens)
+    assert expected  # a real transcript to compare
+    for partials in (list(stream_wav(model, tokenizer, wav, chunk_frames=CHUNK_FRAMES)),
+                     list(transcribe_with_sherpa(exported["fp32"], wav))):
+        *growing, final = partials
+        assert final.final and final.text == expected
+        assert growing and all(expected.startswith(p.text) and not p.final for p in growing)
+        assert [p.seconds for p in growing] == sorted(p.seconds for p in growing)
+    checkpoint = exp_dir / f"epoch-{EPOCHS}.pt"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "local/transcribe.py"), str(wav), "--checkpoint", str(checkpoint),
+         "--bpe-model", str(tiny_data.bpe_model), "--chunk-frames", str(CHUNK_FRAMES)],
+        check=True, capture_output=True, text=True,
+    )
+    assert done.stdout.splitlines()[-1] == f"mine: {expected}"
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio")
+    with pytest.raises(ValueError, match="broken.wav: unreadable audio"):
+        next(transcribe_with_sherpa(exported["fp32"], broken))
