@@ -12,7 +12,9 @@ from lhotse import CutSet
 
 from nnaqat.data.features import compute_fbank
 from nnaqat.data.fsdd import compose_connected_digits, download_fsdd, prepare_fsdd
+from nnaqat.checkpoint import load_model
 from nnaqat.data.tokenizer import train_bpe
+from nnaqat.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD_TARBALL = Path(os.environ.get("NNAQAT_FSDD_TARBALL", REPO.parent / "shared/corpora/fsdd/fsdd.tar.gz"))
@@ -55,3 +57,37 @@ def tiny_data(tmp_path_factory, fsdd_manifests) -> TinyData:
         featurised.to_file(paths[name])
     bpe = train_bpe([c.supervisions[0].text for c in train], root / "lang", vocab_size=32)
     return TinyData(train=paths["train"], dev=paths["dev"], bpe_model=bpe, root=root)
+
+
+# A small model trained once per session on tiny_data, shared by the streaming and export tests:
+# two LSTM layers (states with L > 1), the recipe's 8x frame stacking, a context-2 stateless predictor.
+SMALL_MODEL = {
+    "encoder_kwargs": {"hidden_size": 64, "num_layers": 2, "subsampling_factor": 8, "dropout": 0.0},
+    "predictor_kwargs": {"embedding_dim": 32, "context_size": 2},
+    "joiner_dim": 32,
+}
+SMALL_EPOCHS = 12
+
+
+@pytest.fixture(scope="session")
+def small_exp_dir(tiny_data, tmp_path_factory) -> Path:
+    """Experiment folder holding ``epoch-{SMALL_EPOCHS}.pt`` (about 400 updates on 160 utterances)."""
+    exp = tmp_path_factory.mktemp("small-exp")
+    train(
+        TrainConfig(
+            train_cuts=str(tiny_data.train), dev_cuts=str(tiny_data.dev), bpe_model=str(tiny_data.bpe_model),
+            exp_dir=str(exp), model=SMALL_MODEL, num_epochs=SMALL_EPOCHS, max_duration=12.0, lr=4e-3,
+            warmup_batches=20, warm_step=30, spec_augment=False, progress=False,
+        )
+    )
+    return exp
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(small_exp_dir) -> Path:
+    return small_exp_dir / f"epoch-{SMALL_EPOCHS}.pt"
+
+
+@pytest.fixture(scope="session")
+def small_model(small_checkpoint):
+    return load_model([small_checkpoint])

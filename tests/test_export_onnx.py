@@ -13,7 +13,6 @@ import soundfile as sf
 import torch
 from lhotse import CutSet, load_manifest
 
-from nnaqat.checkpoint import load_model
 from nnaqat.data.fsdd import compose_connected_digits
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.streaming import StreamingDecoder, decode_cuts_streaming, decode_streams
@@ -23,26 +22,15 @@ from nnaqat.export.onnx import EncoderForOnnx, OnnxFiles, count_ops, export_onnx
 from nnaqat.export.ort import OrtTransducer, parity
 from nnaqat.export.sherpa import check_model_files, decode_with_sherpa, transcribe_with_sherpa
 from nnaqat.models import Transducer, TransducerConfig
-from trained_model import EPOCHS, trained_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK_FRAMES = 2
 
 
-@pytest.fixture(scope="session")
-def exp_dir(tiny_data, tmp_path_factory) -> Path:
-    return trained_model_dir(tiny_data, tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
-def model(exp_dir):
-    return load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
-
-
-@pytest.fixture(scope="module")
-def exported(model, tiny_data, tmp_path_factory):
+def exported(small_model, tiny_data, tmp_path_factory):
     """fp32 and post-training int8 exports, 2 encoder frames per chunk."""
-    fp32 = export_onnx(model, tiny_data.bpe_model.parent / "tokens.txt", tmp_path_factory.mktemp("onnx"), CHUNK_FRAMES)
+    fp32 = export_onnx(small_model, tiny_data.bpe_model.parent / "tokens.txt", tmp_path_factory.mktemp("onnx"), CHUNK_FRAMES)
     return {"fp32": fp32, "int8": quantize_int8(fp32)}
 
 
@@ -65,9 +53,9 @@ def _io(path: Path):
     return [(v.name, elem(v), shape(v)) for v in graph.input], [(v.name, shape(v)) for v in graph.output]
 
 
-def test_files_follow_the_sherpa_onnx_lstm_contract(exported, model):
+def test_files_follow_the_sherpa_onnx_lstm_contract(exported, small_model):
     files = exported["fp32"]
-    enc, dec = model.encoder, model.predictor
+    enc, dec = small_model.encoder, small_model.predictor
     meta = read_metadata(files.encoder)
     # 2 encoder frames of 8x frame stacking read 8*2 + 8 + 1 = 25 frames and advance 16.
     expected = {"model_type": "lstm", "T": "25", "decode_chunk_len": "16", "num_encoder_layers": "2",
@@ -90,25 +78,25 @@ def test_files_follow_the_sherpa_onnx_lstm_contract(exported, model):
     assert check_model_files(exported["int8"])["model_type"] == "lstm"
 
 
-def test_fp32_onnx_runtime_equals_torch_chunk_by_chunk(exported, model, dev_features):
-    report = parity(model, OrtTransducer(exported["fp32"]), dev_features)
+def test_fp32_onnx_runtime_equals_torch_chunk_by_chunk(exported, small_model, dev_features):
+    report = parity(small_model, OrtTransducer(exported["fp32"]), dev_features)
     assert report.frames > 500
     assert report.logit <= 1e-4, report
     assert report.argmax_agree == report.frames
 
 
-def test_fp32_encoder_batches_streams(exported, model, dev_features):
+def test_fp32_encoder_batches_streams(exported, small_model, dev_features):
     ort_model = OrtTransducer(exported["fp32"])
     x = torch.stack([f[:25] for f in dev_features[:3]])
     state = [torch.randn(2, 3, 64), torch.randn(2, 3, 64)]
     out_o = ort_model.run_encoder(x.numpy(), *(s.numpy() for s in state))
     with torch.no_grad():
-        out_t = EncoderForOnnx(model)(x, *state)
+        out_t = EncoderForOnnx(small_model)(x, *state)
     for t, o in zip(out_t, out_o):
         assert np.abs(t.numpy() - o).max() <= 1e-4
 
 
-def test_post_training_int8_is_icefalls_dynamic_quantization(exported, model, dev_features):
+def test_post_training_int8_is_icefalls_dynamic_quantization(exported, small_model, dev_features):
     fp32, int8 = exported["fp32"], exported["int8"]
     ops = {part: count_ops(path) for part, path in zip(("encoder", "decoder", "joiner"), int8.models())}
     assert "MatMul" not in ops["encoder"] and ops["encoder"]["MatMulInteger"] == 2  # frame stacking, projection
@@ -116,7 +104,7 @@ def test_post_training_int8_is_icefalls_dynamic_quantization(exported, model, de
     assert ops["decoder"]["MatMulInteger"] == 1 and ops["decoder"]["DequantizeLinear"] == 1  # int8 embedding
     assert "MatMul" not in ops["joiner"] and ops["joiner"]["MatMulInteger"] == 1
     assert int8.total_bytes() < 0.7 * fp32.total_bytes()
-    report = parity(model, OrtTransducer(int8), dev_features)
+    report = parity(small_model, OrtTransducer(int8), dev_features)
     assert 1e-3 < report.logit < 1.0  # really quantized, and still the same model
 
 
@@ -132,12 +120,12 @@ def test_export_rejects_what_sherpa_onnx_cannot_run(tmp_path, tiny_data):
         export_onnx(projected, tokens, tmp_path)
 
 
-def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, model, test_audio, tiny_data):
+def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, small_model, test_audio, tiny_data):
     run = decode_with_sherpa(exported["fp32"], test_audio, sample_rate=16000, dump_features=True)
     assert len(run.utterances) == len(test_audio) and 0 < run.rtf < 1
     tokenizer = Tokenizer(tiny_data.bpe_model)
     # 1. Our streaming greedy on exactly the feature chunks sherpa-onnx's encoder received.
-    decoder = StreamingDecoder(model, "greedy_search", chunk_frames=CHUNK_FRAMES)
+    decoder = StreamingDecoder(small_model, "greedy_search", chunk_frames=CHUNK_FRAMES)
     g = decoder.geometry
     utterances = []
     for u in run.utterances:
@@ -149,7 +137,7 @@ def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, model, test_audi
     ours = {s.id: s.tokens for s in decode_streams(decoder, utterances).streams}
     assert [u.id for u in run.utterances if ours[u.id] != u.tokens] == []
     # 2. Our streaming greedy on lhotse features of the audio as is (sherpa-onnx had silence appended).
-    plain = {s.id: s.tokens for s in decode_cuts_streaming(model, test_audio, chunk_frames=CHUNK_FRAMES).streams}
+    plain = {s.id: s.tokens for s in decode_cuts_streaming(small_model, test_audio, chunk_frames=CHUNK_FRAMES).streams}
     assert [u.id for u in run.utterances if plain[u.id] != u.tokens] == []
     assert sum(len(u.tokens) > 0 for u in run.utterances) > len(test_audio) / 2
 
@@ -171,10 +159,10 @@ def test_sherpa_onnx_failures_raise_instead_of_exiting(exported, tmp_path, test_
         decode_with_sherpa(broken, test_audio.subset(first=1))
 
 
-def test_export_and_sherpa_decode_scripts(exp_dir, tiny_data, test_audio, tmp_path, model):
+def test_export_and_sherpa_decode_scripts(small_model, small_checkpoint, tiny_data, test_audio, tmp_path):
     onnx_dir = tmp_path / "onnx"
     done = subprocess.run(
-        [sys.executable, str(REPO / "local/export_onnx.py"), "--checkpoint", str(exp_dir / f"epoch-{EPOCHS}.pt"),
+        [sys.executable, str(REPO / "local/export_onnx.py"), "--checkpoint", str(small_checkpoint),
          "--tokens", str(tiny_data.bpe_model.parent / "tokens.txt"), "--out-dir", str(onnx_dir),
          "--chunk-frames", "2", "--check-cuts", str(tiny_data.dev), "--check-num", "4"],
         check=True, capture_output=True, text=True,
@@ -189,29 +177,28 @@ def test_export_and_sherpa_decode_scripts(exp_dir, tiny_data, test_audio, tmp_pa
     )
     assert "RTF" in done.stdout
     errs = (tmp_path / "sherpa-onnx" / "greedy_search" / "errs-test-fp32-chunk-2.txt").read_text()
-    ours = decode_cuts_streaming(model, test_audio, chunk_frames=CHUNK_FRAMES).streams
+    ours = decode_cuts_streaming(small_model, test_audio, chunk_frames=CHUNK_FRAMES).streams
     tokenizer = Tokenizer(tiny_data.bpe_model)
     stats, _ = error_stats([(s.id, test_audio[s.id].supervisions[0].text.split(), tokenizer.decode(s.tokens).split())
                             for s in ours])
     assert errs.splitlines()[0] == f"%WER = {stats.wer:.2f}"
 
 
-def test_transcribe_own_audio_at_any_rate(exported, exp_dir, model, test_audio, tiny_data, tmp_path):
+def test_transcribe_own_audio_at_any_rate(exported, small_model, small_checkpoint, test_audio, tiny_data, tmp_path):
     cut = test_audio[0]
     wav = tmp_path / "mine.wav"
     sf.write(wav, cut.resample(44100).load_audio()[0], 44100)  # "your own" recording, at 44.1 kHz
     tokenizer = Tokenizer(tiny_data.bpe_model)
-    expected = tokenizer.decode(decode_cuts_streaming(model, [cut], chunk_frames=CHUNK_FRAMES).streams[0].tokens)
+    expected = tokenizer.decode(decode_cuts_streaming(small_model, [cut], chunk_frames=CHUNK_FRAMES).streams[0].tokens)
     assert expected  # a real transcript to compare
-    for partials in (list(stream_wav(model, tokenizer, wav, chunk_frames=CHUNK_FRAMES)),
+    for partials in (list(stream_wav(small_model, tokenizer, wav, chunk_frames=CHUNK_FRAMES)),
                      list(transcribe_with_sherpa(exported["fp32"], wav))):
         *growing, final = partials
         assert final.final and final.text == expected
         assert growing and all(expected.startswith(p.text) and not p.final for p in growing)
         assert [p.seconds for p in growing] == sorted(p.seconds for p in growing)
-    checkpoint = exp_dir / f"epoch-{EPOCHS}.pt"
     done = subprocess.run(
-        [sys.executable, str(REPO / "local/transcribe.py"), str(wav), "--checkpoint", str(checkpoint),
+        [sys.executable, str(REPO / "local/transcribe.py"), str(wav), "--checkpoint", str(small_checkpoint),
          "--bpe-model", str(tiny_data.bpe_model), "--chunk-frames", str(CHUNK_FRAMES)],
         check=True, capture_output=True, text=True,
     )

@@ -12,7 +12,6 @@ import pytest
 import torch
 from lhotse import CutSet, load_manifest
 
-from nnaqat.checkpoint import load_model
 from nnaqat.data.fsdd import compose_connected_digits
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.latency import matched_latencies, word_emission_times, word_end_times
@@ -20,20 +19,9 @@ from nnaqat.decode.search import search
 from nnaqat.decode.streaming import ChunkGeometry, StreamingDecoder, decode_cuts_streaming
 from nnaqat.decode.wer import error_stats
 from nnaqat.models import Transducer, TransducerConfig
-from trained_model import EPOCHS, trained_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["greedy_search", "modified_beam_search"]
-
-
-@pytest.fixture(scope="session")
-def exp_dir(tiny_data, tmp_path_factory) -> Path:
-    return trained_model_dir(tiny_data, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(exp_dir):
-    return load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +30,13 @@ def dev(tiny_data):
 
 
 @pytest.fixture(scope="module")
-def offline(model, dev):
+def offline(small_model, dev):
     """Whole-utterance hypotheses of the dev set, per method (the reference)."""
     x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c.load_features()) for c in dev], batch_first=True)
     x_lens = torch.tensor([c.num_frames for c in dev])
     with torch.no_grad():
-        encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
-    return {m: dict(zip(dev.ids, search(model, encoder_out, encoder_lens, m, beam=4))) for m in METHODS}
+        encoder_out, encoder_lens, _ = small_model.encoder(x, x_lens)
+    return {m: dict(zip(dev.ids, search(small_model, encoder_out, encoder_lens, m, beam=4))) for m in METHODS}
 
 
 @pytest.fixture(scope="module")
@@ -71,23 +59,23 @@ def test_model_makes_real_hypotheses(offline, dev, tiny_data):
     assert stats.wer < 60.0 and correct > stats.words / 2  # the comparisons below are between real hypotheses
 
 
-def test_chunk_geometry_matches_the_encoder(model):
+def test_chunk_geometry_matches_the_encoder(small_model):
     g = ChunkGeometry(factor=8, chunk_frames=2)
     assert (g.size, g.shift) == (25, 16)
     assert [g.output_frames(n) for n in (16, 17, 24, 25, 40)] == [0, 1, 1, 2, 2]
     for k in (1, 2, 5):
-        g = ChunkGeometry.of(model, k)
-        out, _, _ = model.encoder(torch.zeros(1, g.size, 80), torch.tensor([g.size]))
+        g = ChunkGeometry.of(small_model, k)
+        out, _, _ = small_model.encoder(torch.zeros(1, g.size, 80), torch.tensor([g.size]))
         assert out.size(1) == k == g.output_frames(g.size)
     with pytest.raises(ValueError, match="chunk_frames >= 1"):
         ChunkGeometry(8, 0)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_streaming_equals_offline_on_every_dev_utterance(model, dev, offline, method):
+def test_streaming_equals_offline_on_every_dev_utterance(small_model, dev, offline, method):
     for chunk_frames in (1, 3, 8):
         for max_streams in (1, 5, 64):
-            run = decode_cuts_streaming(model, dev, method, beam=4, chunk_frames=chunk_frames, max_streams=max_streams)
+            run = decode_cuts_streaming(small_model, dev, method, beam=4, chunk_frames=chunk_frames, max_streams=max_streams)
             got = {s.id: s.tokens for s in run.streams}
             differing = [i for i in dev.ids if got[i] != offline[method][i]]
             assert differing == [], f"chunk {chunk_frames}, {max_streams} streams: {differing}"
@@ -96,8 +84,8 @@ def test_streaming_equals_offline_on_every_dev_utterance(model, dev, offline, me
     assert 0 < run.rtf < 1
 
 
-def test_features_in_arbitrary_pieces_and_partial_results(model, dev, offline):
-    decoder = StreamingDecoder(model, "greedy_search", chunk_frames=3)
+def test_features_in_arbitrary_pieces_and_partial_results(small_model, dev, offline):
+    decoder = StreamingDecoder(small_model, "greedy_search", chunk_frames=3)
     cuts = list(dev)[:4]
     streams = [decoder.create_stream(c.id) for c in cuts]
     feats = [torch.from_numpy(c.load_features()) for c in cuts]
@@ -125,8 +113,8 @@ def test_features_in_arbitrary_pieces_and_partial_results(model, dev, offline):
         streams[0].accept_features(feats[0][:1])
 
 
-def test_too_short_utterance_gives_empty_hypothesis(model):
-    decoder = StreamingDecoder(model, "modified_beam_search", chunk_frames=2)
+def test_too_short_utterance_gives_empty_hypothesis(small_model):
+    decoder = StreamingDecoder(small_model, "modified_beam_search", chunk_frames=2)
     stream = decoder.create_stream("short")
     stream.accept_features(torch.zeros(16, 80))  # one frame less than an encoder frame needs
     assert not stream.ready()
@@ -153,8 +141,8 @@ def test_word_emission_and_matched_latencies():
     assert got == pytest.approx([0.25, 0.5])
 
 
-def test_streaming_decode_script_equals_offline_script(exp_dir, tiny_data, dev_mixed):
-    common = ["--exp-dir", str(exp_dir), "--checkpoint", str(exp_dir / f"epoch-{EPOCHS}.pt"),
+def test_streaming_decode_script_equals_offline_script(small_exp_dir, tiny_data, dev_mixed, small_checkpoint):
+    common = ["--exp-dir", str(small_exp_dir), "--checkpoint", str(small_checkpoint),
               "--bpe-model", str(tiny_data.bpe_model), "--method", "greedy_search"]
     subprocess.run([sys.executable, str(REPO / "local/decode.py"), *common, "--cuts", f"dev={tiny_data.dev}"],
                    check=True, capture_output=True)
@@ -163,9 +151,9 @@ def test_streaming_decode_script_equals_offline_script(exp_dir, tiny_data, dev_m
          "--cuts", f"dev={tiny_data.dev}", "--word-times", f"dev={dev_mixed}"],
         check=True, capture_output=True, text=True,
     )
-    suffix = f"epoch-{EPOCHS}"
-    offline = (exp_dir / "greedy_search" / f"recogs-dev-{suffix}.txt").read_text()
-    streaming_dir = exp_dir / "streaming" / "greedy_search"
+    suffix = small_checkpoint.stem
+    offline = (small_exp_dir / "greedy_search" / f"recogs-dev-{suffix}.txt").read_text()
+    streaming_dir = small_exp_dir / "streaming" / "greedy_search"
     assert (streaming_dir / f"recogs-dev-{suffix}-chunk-2.txt").read_text() == offline
     assert (streaming_dir / f"errs-dev-{suffix}-chunk-2.txt").read_text().startswith("%WER = ")
     line = done.stdout.strip().splitlines()[-1]
