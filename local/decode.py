@@ -8,6 +8,11 @@
 Quantization-aware checkpoints decode with their weights snapped onto their codebooks; a packed
 side-car (``--checkpoint model.pack``) decodes as is; ``--quantizer ptq --weight-bits K`` rounds
 an fp32 model's weights after training (the post-training baseline).
+
+NNA checkpoints (trained with ``--nna-spec``) decode with the emulated NNA; ``--engine integer``
+decodes them with the NumPy integer reference engine instead (greedy search, bit-exact with the
+emulation). ``--nna-spec conf/nna/int8.yaml --calibration-cuts train.jsonl.gz`` converts an fp32
+checkpoint after training (the post-training integer model).
 """
 
 import argparse
@@ -21,6 +26,9 @@ from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
 from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.nna import NnaSpec
+from nnaqat.nna.convert import nna_
+from nnaqat.nna.recognize import calibrate_on_cuts, integer_decode_cuts
 from nnaqat.quant import quantize_
 from nnaqat.quant.config import add_post_training_arguments, post_training_config
 
@@ -37,6 +45,13 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--cuts", nargs="*", default=[], help="NAME=manifest.jsonl.gz (features or audio)")
     parser.add_argument("--wavs", nargs="*", default=[], type=Path, help="wav files (any sample rate)")
     parser.add_argument("--num-threads", type=int, default=0)
+    parser.add_argument("--engine", default="torch", choices=["torch", "integer"],
+                        help="integer: the NumPy integer reference engine (NNA checkpoints, greedy search)")
+    parser.add_argument("--chunk-frames", type=int, default=0,
+                        help="integer engine: stream in chunks of this many encoder frames (0: whole utterances)")
+    parser.add_argument("--nna-spec", type=Path, help="convert an fp32 checkpoint to this NNA after training")
+    parser.add_argument("--calibration-cuts", type=Path, help="with --nna-spec: manifest whose first batches calibrate")
+    parser.add_argument("--calibration-batches", type=int, default=20)
     add_post_training_arguments(parser)
     return parser.parse_args()
 
@@ -50,6 +65,13 @@ def main() -> None:
         suffix += f"-beam-{args.beam_size}"
     if args.blank_penalty:
         suffix += f"-blank-penalty-{args.blank_penalty:g}"
+    if args.nna_spec:  # before the quantizer: it wraps the emulated layers' weights
+        if getattr(model, "nna_spec", None) is not None:
+            raise SystemExit("--nna-spec: the checkpoint already emulates an NNA")
+        if not args.calibration_cuts:
+            raise SystemExit("--nna-spec needs --calibration-cuts")
+        nna_(model, NnaSpec.from_yaml(args.nna_spec))
+        suffix += f"-nna-{args.nna_spec.stem}"
     if args.quantizer != "none":
         if getattr(model, "quantizer", None) is not None:
             raise SystemExit(f"{args.checkpoint or args.exp_dir} is already quantized ({model.quantizer.config.quantizer})")
@@ -60,6 +82,16 @@ def main() -> None:
         logging.info("%s: all %d quantized tensors lie exactly on their codebooks", model.quantizer.config.quantizer,
                      len(model.quantizer.bits))
     tokenizer = Tokenizer(args.bpe_model)
+    if args.nna_spec:
+        used = calibrate_on_cuts(model, load_manifest_lazy(args.calibration_cuts).to_eager(), tokenizer,
+                                 args.calibration_batches, args.max_duration)
+        logging.info("NNA ranges calibrated on %d batches of %s", used, args.calibration_cuts)
+    if args.engine == "integer":
+        if getattr(model, "nna_spec", None) is None:
+            raise SystemExit("--engine integer needs an NNA checkpoint (trained with --nna-spec) or --nna-spec")
+        if args.method != "greedy_search" or args.blank_penalty:
+            raise SystemExit("--engine integer decodes with greedy_search and no blank penalty")
+        suffix += "-integer" + (f"-chunk-{args.chunk_frames}" if args.chunk_frames else "")
     out_dir = args.exp_dir / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -69,8 +101,11 @@ def main() -> None:
     if not test_sets:
         raise SystemExit("nothing to decode: give --cuts NAME=manifest and/or --wavs")
     for name, cuts in test_sets:
-        results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration,
-                               blank_penalty=args.blank_penalty)
+        if args.engine == "integer":
+            results = integer_decode_cuts(model, cuts, tokenizer, args.chunk_frames or None)
+        else:
+            results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration,
+                                   blank_penalty=args.blank_penalty)
         write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
         if name == "wavs":
             for cut_id, _, hyp in sorted(results):

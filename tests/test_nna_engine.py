@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import pytest
@@ -20,22 +20,16 @@ from nnaqat.data.datamodule import batch_to_tensors, eval_dataloader
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.search import greedy_search
 from nnaqat.decode.wer import error_stats
-from nnaqat.models import Transducer
-from nnaqat.nna import NnaSpec, ops
+from nnaqat.models import Transducer, TransducerConfig, build_transducer
+from nnaqat.nna import NnaSpec
 from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
 from nnaqat.nna.engine import IntegerTransducer
 from nnaqat.nna.export import export_integer_model
 from nnaqat.nna.integer_model import VERSION, load_integer_model, save_integer_model, to_arrays
-from trained_model import EPOCHS, trained_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = {name: NnaSpec.from_yaml(REPO / f"egs/fsdd/conf/nna/{name}.yaml") for name in ("int8", "harsh")}
 CALIBRATION_BATCHES = 4
-
-
-@pytest.fixture(scope="session")
-def exp_dir(tiny_data, tmp_path_factory) -> Path:
-    return trained_model_dir(tiny_data, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +74,8 @@ class Converted:
 
 
 @pytest.fixture(scope="module", params=list(SPECS))
-def converted(request, exp_dir, calibration_batches, dev, tmp_path_factory) -> Converted:
-    model = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+def converted(request, small_checkpoint, calibration_batches, dev, tmp_path_factory) -> Converted:
+    model = load_model([small_checkpoint])
     nna_(model, SPECS[request.param])
     calibrate(model, calibration_batches)
     freeze_calibration(model)
@@ -150,11 +144,11 @@ def test_greedy_hypotheses_identical_streaming_or_not(converted, dev, chunk_fram
     assert sum(len(h) for h in engine_hyps) > 2 * len(engine_hyps)  # real hypotheses, not empty ones
 
 
-def test_post_training_int8_model_decodes_like_the_float_model(converted, exp_dir, dev, tokenizer):
-    """The comparisons above are between real hypotheses: the default-spec integer model, with no
-    emulation in training, stays close to the float model; the harsh spec is no better."""
+def test_integer_models_make_real_hypotheses(converted, small_checkpoint, dev, tokenizer):
+    """The comparisons above are between real hypotheses, and the default-spec integer model
+    (no emulation in training) decodes as well as the float model, within 5 % absolute."""
     ids, texts, x, x_lens = dev
-    float_model = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+    float_model = load_model([small_checkpoint])
     with torch.no_grad():
         out, lens, _ = float_model.encoder(x, x_lens)
         float_hyps = greedy_search(float_model, out, lens)
@@ -164,11 +158,9 @@ def test_post_training_int8_model_decodes_like_the_float_model(converted, exp_di
 
     float_wer, integer_wer = wer(float_hyps), wer(converted.hyps)
     print(f"[{converted.spec_name}] greedy WER: float {float_wer:.2f}, integer {integer_wer:.2f}")
-    assert float_wer < 60.0
+    assert float_wer < 60.0 and integer_wer < 60.0
     if converted.spec_name == "int8":
-        assert integer_wer <= float_wer + 10.0
-    else:
-        assert integer_wer >= float_wer - 5.0
+        assert integer_wer <= float_wer + 5.0
 
 
 def test_integer_model_file_round_trip_and_version(converted, tmp_path):
@@ -187,10 +179,10 @@ def test_integer_model_file_round_trip_and_version(converted, tmp_path):
         load_integer_model(tmp_path / "future.npz")
 
 
-def test_converted_checkpoint_rebuilds_the_same_integers(converted, exp_dir):
+def test_converted_checkpoint_rebuilds_the_same_integers(converted, small_checkpoint):
     """A converted model's state dict, loaded into a freshly converted float model, exports the
     same integers (how training checkpoints of an emulated model come back)."""
-    rebuilt = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+    rebuilt = load_model([small_checkpoint])
     nna_(rebuilt, converted.model.nna_spec, state_dict=converted.model.state_dict())
     a, b = to_arrays(export_integer_model(converted.model)), to_arrays(export_integer_model(rebuilt))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -201,10 +193,16 @@ def test_engine_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_nna_refuses_models_it_cannot_emulate(exp_dir):
-    model = load_model([exp_dir / f"epoch-{EPOCHS}.pt"])
+def test_nna_refuses_models_it_cannot_emulate(small_checkpoint):
+    model = load_model([small_checkpoint])
     nna_(model, SPECS["int8"])
     with pytest.raises(ValueError, match="already"):
         nna_(model, SPECS["int8"])
     with pytest.raises(RuntimeError, match="no data"):  # uncalibrated: nothing to export
         export_integer_model(model)
+    lstm_predictor = build_transducer(TransducerConfig(vocab_size=8, predictor="lstm"))
+    with pytest.raises(ValueError, match="no NNA version of the predictor LstmPredictor"):
+        nna_(lstm_predictor, SPECS["int8"])
+    projected = build_transducer(TransducerConfig(vocab_size=8, encoder_kwargs={"hidden_size": 16, "proj_size": 8}))
+    with pytest.raises(ValueError, match="projections"):
+        nna_(projected, SPECS["int8"])

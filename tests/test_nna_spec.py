@@ -93,3 +93,15 @@ def test_lut_must_fit_the_gate_format(tmp_path):
     path.write_text("lut:\n  size: 513\nlstm:\n  gate: Q3.4\n  nonlinearity: Q0.7\n")
     with pytest.raises(NnaSpecError, match="lut.size - 1 = 512 exceeds the 256 codes of lstm.gate Q3.4"):
         NnaSpec.from_yaml(path)
+
+
+@pytest.mark.parametrize("name", ["int8.yaml", "harsh.yaml"])
+def test_spec_round_trips_through_its_mapping(name):
+    """``to_dict`` gives the file's mapping with every key (stored in checkpoints and integer models)."""
+    spec = NnaSpec.from_yaml(CONF / name)
+    mapping = spec.to_dict()
+    assert NnaSpec.from_dict(mapping) == spec
+    assert yaml.safe_load(yaml.safe_dump(mapping)) == mapping  # plain YAML types only
+    assert mapping["lstm"]["gate"] == str(spec.lstm.gate) and list(mapping["placement"].items()) == list(spec.placement)
+    with pytest.raises(NnaSpecError, match="checkpoint: unknown key 'lut.sizes'"):
+        NnaSpec.from_dict({"lut": {"sizes": 3}}, "checkpoint")

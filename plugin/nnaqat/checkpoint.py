@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from nnaqat.models.transducer import Transducer, build_transducer
+from nnaqat.nna import NnaSpec
+from nnaqat.nna.convert import nna_
 from nnaqat.quant import QuantConfig, quantize_
 
 
@@ -60,11 +62,14 @@ def load_model(paths: Sequence[Path | str]) -> Transducer:
     """Rebuilds the model of the first checkpoint with the average of all their weights.
 
     A quantization-aware checkpoint comes back with its quantizer attached and finalized: every
-    quantized weight lies exactly on its codebook (checked), as the NNA will run it.
+    quantized weight lies exactly on its codebook (checked), as the NNA will run it. A checkpoint
+    trained with NNA emulation comes back converted (``nna.convert.nna_``), ranges included.
     """
     checkpoints = [load_checkpoint(p) for p in paths]
     model = build_transducer(checkpoints[0]["model_config"])
     state = average_state_dicts([c["model"] for c in checkpoints])
+    if checkpoints[0].get("nna_spec"):  # trained with NNA emulation: convert before loading
+        nna_(model, NnaSpec.from_dict(checkpoints[0]["nna_spec"], str(paths[0])))
     quant = QuantConfig(**checkpoints[0].get("quant_config", {}))
     if quant.quantizer == "none":
         model.load_state_dict(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -32,6 +33,8 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.search import greedy_search
 from nnaqat.decode.wer import error_stats
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
+from nnaqat.nna import NnaSpec
+from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
 from nnaqat.quant import QuantConfig, quantize_
 
 
@@ -71,6 +74,8 @@ class TrainConfig:
     num_threads: int = 0  # torch threads per process (0: leave as is)
     stop_after_batches: int = 0  # stop after this global batch (tests: interrupt a run)
     progress: bool = True
+    nna_spec: str = ""  # AAT: emulate this NNA (conf/nna/*.yaml) in training
+    nna_calibration_batches: int = 20  # AAT: batches (no augmentation) that set the activation ranges, then frozen
 
 
 def pruned_loss_scale(batch_idx: int, warm_step: int) -> float:
@@ -119,6 +124,10 @@ class Trainer:
                 raise ValueError(f"{config.init_checkpoint} has {self.model.config.vocab_size} tokens, {config.bpe_model} {len(self.tokenizer)}")
         else:
             self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **config.model))
+        # The NNA emulation goes in first: a quantizer then wraps the emulated layers' weights.
+        self.nna_spec = NnaSpec.from_yaml(config.nna_spec) if config.nna_spec else None
+        if self.nna_spec is not None:
+            nna_(self.model, self.nna_spec)
         self.quantizer = quantize_(self.model, config.quant) if config.quant.quantizer != "none" else None
         cuts = load_manifest_lazy(config.train_cuts).to_eager()
         self.train_cuts, self.dropped = filter_trainable(cuts, self.tokenizer, self.model.encoder.output_length)
@@ -145,6 +154,8 @@ class Trainer:
         self.non_finite = 0
         self.history: list = []
         self._resume()
+        if self.nna_spec is not None and self.batch_idx_train == 0:  # resumed runs restore their ranges
+            self._calibrate_nna()
         self.ddp_model = DistributedDataParallel(self.model) if config.world_size > 1 else self.model
         self.writer = SummaryWriter(str(self.exp_dir / "tensorboard")) if rank == 0 else None
 
@@ -154,6 +165,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_dict(),
             "quant_config": asdict(self.config.quant),
+            "nna_spec": self.nna_spec.to_dict() if self.nna_spec is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.train_dl.sampler.state_dict(),
@@ -189,6 +201,16 @@ class Trainer:
             self.start_epoch = state["epoch"]
             self.train_dl.sampler.load_state_dict(state["sampler"])
         logging.info("resumed from %s at epoch %d, batch %d", path, self.start_epoch, self.batch_idx_train)
+
+    def _calibrate_nna(self) -> None:
+        """EMA ranges of the emulated NNA from the first training batches (every rank the same
+        ones, unaugmented), then frozen: training adapts to the ranges the device will use."""
+        loader = eval_dataloader(self.train_cuts, self.config.max_duration)
+        batches = (batch_to_tensors(batch, self.tokenizer)[:4] for batch in loader)
+        first = itertools.islice(batches, self.config.nna_calibration_batches)
+        count = calibrate(self.model, first, prune_range=self.config.prune_range)
+        freeze_calibration(self.model)
+        logging.info("NNA ranges calibrated on %d batches and frozen", count)
 
     def _init_feature_norm(self) -> None:
         mean, std = feature_statistics(self.train_cuts)
@@ -246,6 +268,8 @@ class Trainer:
         model = self.model
         if self.quantizer is not None:  # a copy, rebuilt as decoding loads a checkpoint
             model = build_transducer(self.model.config)
+            if self.nna_spec is not None:
+                nna_(model, self.nna_spec)
             quantize_(model, self.config.quant, state_dict=self.model.state_dict()).finalize(model)
         model.eval()
         config = self.config

@@ -113,6 +113,21 @@ class LstmEncoder(nn.Module):
         c = torch.zeros(self.num_layers, batch_size, self.hidden_size)
         return h, c
 
+    def front_end(self, x: torch.Tensor, x_lens: torch.Tensor) -> torch.Tensor:
+        """Checks lengths and normalises features ``(N, T, F)``: the float part that runs on the
+        CPU before an NNA's first quantize.
+
+        Raises:
+          ValueError: an utterance is shorter than ``min_input_frames``.
+        """
+        too_short = (x_lens < self.min_input_frames).nonzero().flatten().tolist()
+        if too_short:
+            raise ValueError(
+                f"utterance(s) at batch index {too_short} have {x_lens[too_short].tolist()} "
+                f"frames; the encoder needs at least {self.min_input_frames}"
+            )
+        return self.feature_norm(x)
+
     def forward(
         self, x: torch.Tensor, x_lens: torch.Tensor, state: Optional[LstmState] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, LstmState]:
@@ -128,13 +143,7 @@ class LstmEncoder(nn.Module):
         Raises:
           ValueError: an utterance is shorter than ``min_input_frames``.
         """
-        too_short = (x_lens < self.min_input_frames).nonzero().flatten().tolist()
-        if too_short:
-            raise ValueError(
-                f"utterance(s) at batch index {too_short} have {x_lens[too_short].tolist()} "
-                f"frames; the encoder needs at least {self.min_input_frames}"
-            )
-        out = self.dropout(self.subsampling(self.feature_norm(x)))
+        out = self.dropout(self.subsampling(self.front_end(x, x_lens)))
         out_lens = self.output_length(x_lens)
         if state is None:
             state = self.initial_state(x.size(0))

@@ -41,6 +41,8 @@ def _check_convertible(model: Transducer) -> None:
     for name, (module, expected) in parts.items():
         if type(module) is not expected:
             raise ValueError(f"no NNA version of the {name} {type(module).__name__} (supported: {expected.__name__})")
+    if model.encoder.d_model != model.encoder.hidden_size:
+        raise ValueError("the NNA encoder does not emulate LSTM projections (proj_size > 0)")
 
 
 def nna_(model: Transducer, spec: NnaSpec, *, state_dict: Optional[dict] = None) -> Transducer:

@@ -17,8 +17,36 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from nnaqat.nna import reference as ref
-from nnaqat.nna.integer_model import AddOpParams, IntegerModel, load_integer_model
+from nnaqat.nna.integer_model import AddOpParams, ConvParams, IntegerModel, load_integer_model
+from nnaqat.nna.lut import Lut
 from nnaqat.nna.reference_lstm import IntState, initial_state, lstm_sequence
+from nnaqat.nna.spec import NnaSpec
+
+
+def conv_relu(windows: ArrayLike, conv: ConvParams, spec: NnaSpec) -> np.ndarray:
+    """The predictor's grouped conv with fused ReLU: input windows ``(..., K, C)`` -> output codes
+    ``(..., C)``."""
+    acc, requantization = spec.accumulator, spec.requantization
+    total = ref.grouped_accumulate(
+        windows, conv.weight, conv.groups, acc.bits, acc.overflow, conv.x_zero_point, conv.bias
+    )
+    out = ref.requantize_output(
+        total, conv.multiplier, conv.shift, conv.y_zero_point, spec.activations.bits,
+        requantization.rounding, requantization.zero_point,
+    )  # fmt: skip
+    return np.maximum(out, conv.y_zero_point)  # y_zero_point is the code of 0.0
+
+
+def add_tanh(
+    a: ArrayLike, b: ArrayLike, add: AddOpParams, to_output: ref.FixedPointMultiplier, spec: NnaSpec, tanh: Lut
+) -> np.ndarray:
+    """The joiner's ``tanh(a + b)`` on projected codes (broadcasting): a saturating add into the gate
+    format, the tanh table, a requantization to activation codes with zero point 0."""
+    rounding = spec.requantization.rounding
+    gate_bits, order = spec.lstm.gate.bits, spec.requantization.zero_point
+    total = ref.add(a, add.a_zero_point, b, add.b_zero_point, add.fixed_point, add.out_zero_point, gate_bits, rounding)
+    squashed = ref.lut_lookup(total, tanh)
+    return ref.requantize_output(squashed, *to_output, 0, spec.activations.bits, rounding, order)
 
 
 class EncoderStream:
@@ -32,23 +60,21 @@ class EncoderStream:
     def __init__(self, engine: IntegerTransducer) -> None:
         self.engine = engine
         encoder = engine.model.encoder
-        self._pending = np.zeros((0, encoder.subsampling.weight.shape[1] // self.window), dtype=np.int64)
+        self.factor = encoder.subsampling_factor
+        self.window = 2 * self.factor + 1
+        self.num_features = encoder.subsampling.weight.shape[1] // self.window
         self.states: List[IntState] = [initial_state(1, layer) for layer in encoder.layers]
-
-    @property
-    def window(self) -> int:
-        return 2 * self.engine.model.encoder.subsampling_factor + 1
+        self._pending = np.zeros((0, self.num_features), dtype=np.int64)  # not yet consumed
 
     def accept(self, codes: ArrayLike) -> np.ndarray:
         """Appends feature codes ``(n, F)``; returns the encoder output codes ``(m, d_model)``
         this completes (``m`` may be 0)."""
-        factor = self.engine.model.encoder.subsampling_factor
         self._pending = np.concatenate([self._pending, np.asarray(codes, dtype=np.int64)])
-        frames = max(0, (len(self._pending) - self.window) // factor + 1)
-        starts = factor * np.arange(frames)
-        stacked = self._pending[starts[:, None] + np.arange(self.window)]  # (m, window, F)
-        self._pending = self._pending[factor * frames :]
-        return self.engine.encoder_frames(stacked.reshape(frames, self._pending.shape[1] * self.window), self.states)
+        frames = max(0, (len(self._pending) - self.window) // self.factor + 1)
+        starts = self.factor * np.arange(frames)
+        stacked = self._pending[starts[:, None] + np.arange(self.window)]  # (m, window, F), oldest first
+        self._pending = self._pending[self.factor * frames :]
+        return self.engine.encoder_frames(stacked.reshape(frames, self.window * self.num_features), self.states)
 
 
 class GreedySearch:
@@ -92,7 +118,9 @@ class IntegerTransducer:
         return ref.linear(x, params, acc.bits, acc.overflow, self.bits, self.rounding, self.zero_point_order)
 
     def _add(self, a: np.ndarray, b: np.ndarray, op: AddOpParams, out_bits: int) -> np.ndarray:
-        return ref.add(a, op.a_zero_point, b, op.b_zero_point, op.fixed_point, op.out_zero_point, out_bits, self.rounding)
+        return ref.add(
+            a, op.a_zero_point, b, op.b_zero_point, op.fixed_point, op.out_zero_point, out_bits, self.rounding
+        )
 
     # ---- encoder ----
     def quantize_features(self, features: ArrayLike) -> np.ndarray:
@@ -128,15 +156,9 @@ class IntegerTransducer:
         if len(context) != predictor.context_size:
             raise ValueError(f"expected {predictor.context_size} context tokens, got {len(context)}")
         codes = ref.embedding_lookup(np.asarray(context), predictor.embedding)  # (context_size, D)
-        conv = predictor.conv
-        if conv is None:
+        if predictor.conv is None:
             return np.maximum(codes[-1], 0)  # ReLU; zero point 0
-        acc = spec.accumulator
-        total = ref.grouped_accumulate(codes, conv.weight, conv.groups, acc.bits, acc.overflow, conv.x_zero_point, conv.bias)
-        out = ref.requantize_output(
-            total, conv.multiplier, conv.shift, conv.y_zero_point, self.bits, self.rounding, self.zero_point_order
-        )
-        return np.maximum(out, conv.y_zero_point)  # ReLU fused into the clamp
+        return conv_relu(codes, predictor.conv, spec)
 
     def predict(self, context: Sequence[int]) -> np.ndarray:
         """The last ``context_size`` token ids -> projected decoder output codes ``(joiner_dim,)``."""
@@ -144,12 +166,8 @@ class IntegerTransducer:
 
     def join(self, encoder_proj: np.ndarray, decoder_proj: np.ndarray) -> np.ndarray:
         """Broadcasting joiner over projected codes ``(..., J)`` -> logit codes ``(..., V)``."""
-        joiner, spec = self.model.joiner, self.model.spec
-        total = self._add(encoder_proj, decoder_proj, joiner.add, spec.lstm.gate.bits)
-        squashed = ref.lut_lookup(total, self.model.luts.tanh)
-        activation = ref.requantize_output(
-            squashed, *joiner.tanh_output, 0, self.bits, self.rounding, self.zero_point_order
-        )
+        joiner, model = self.model.joiner, self.model
+        activation = add_tanh(encoder_proj, decoder_proj, joiner.add, joiner.tanh_output, model.spec, model.luts.tanh)
         return self._linear(activation, joiner.output_linear)
 
     # ---- search ----

@@ -65,7 +65,7 @@ class JoinerParams(NamedTuple):
     encoder_proj: ref.LinearParams
     decoder_proj: ref.LinearParams
     add: AddOpParams  # projections -> gate format (zero point 0), the tanh table's input
-    tanh_output: ref.FixedPointMultiplier  # nonlinearity format -> activation codes (zero point 0)
+    tanh_output: ref.FixedPointMultiplier  # nonlinearity format -> activation codes (scale 1/127, zero point 0)
     output_linear: ref.LinearParams  # -> logit codes
 
 

@@ -128,7 +128,9 @@ class NnaGroupedConv(nn.Module):
     kernel; the reference engine as a grouped sum (``reference.grouped_accumulate``).
     """
 
-    def __init__(self, channels: int, kernel_size: int, groups: int, bias: bool, source: RangeSource, spec: NnaSpec) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int, groups: int, bias: bool, source: RangeSource, spec: NnaSpec
+    ) -> None:
         super().__init__()
         if channels % groups:
             raise ValueError(f"{channels} channels do not split into {groups} groups")
@@ -141,7 +143,8 @@ class NnaGroupedConv(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv1d, source: RangeSource, spec: NnaSpec) -> NnaGroupedConv:
-        if conv.in_channels != conv.out_channels or conv.stride != (1,) or conv.dilation != (1,) or conv.padding != (0,):
+        square = conv.in_channels == conv.out_channels
+        if not square or conv.stride != (1,) or conv.dilation != (1,) or conv.padding != (0,):
             raise ValueError(f"only square, stride-1, undilated, unpadded convolutions: {conv}")
         layer = cls(conv.out_channels, conv.kernel_size[0], conv.groups, conv.bias is not None, source, spec)
         with torch.no_grad():
@@ -205,14 +208,15 @@ class NnaGroupedConv(nn.Module):
 class NnaAddTanh(nn.Module):
     """The joiner's ``tanh(a + b)``: a saturating add of the two projections straight into the
     gate format (``Q3.12`` by default, zero point 0), the LSTM's tanh table, and a requantization
-    of its ``Q0.n`` output to activation codes with the fixed scale ``2**-(bits - 1)``."""
+    of its ``Q0.n`` output to activation codes with the fixed symmetric scale ``1 / (2**(bits - 1) - 1)``
+    (tanh's whole range [-1, 1] fits: the output never clamps, and its gradient is tanh's)."""
 
     def __init__(self, a: RangeSource, b: RangeSource, spec: NnaSpec) -> None:
         super().__init__()
         self.spec = spec
         self.a_range, self.b_range = TiedRange(a), TiedRange(b)
         self.tanh = spec_lut(spec, "tanh")
-        self.output_range = FixedRange(2.0 ** -(spec.activations.bits - 1))
+        self.output_range = FixedRange(1.0 / ref.int_range(spec.activations.bits)[1])
 
     def _constants(self) -> Tuple[AddOpParams, ref.FixedPointMultiplier]:
         gate = self.spec.lstm.gate
@@ -220,7 +224,8 @@ class NnaAddTanh(nn.Module):
         b_scale, b_zero_point = self.b_range.scale_and_zero_point()
         bits = self.spec.activations.bits
         fixed_point = ref.add_params(float(a_scale), float(b_scale), 2.0**-gate.frac_bits, add_left_shift(bits))
-        to_output = ref.quantize_multiplier(2.0 ** (bits - 1 - self.spec.lstm.nonlinearity.frac_bits))
+        out_scale = float(self.output_range.scale)
+        to_output = ref.quantize_multiplier(2.0**-self.spec.lstm.nonlinearity.frac_bits / out_scale)
         return AddOpParams(fixed_point, a_zero_point, b_zero_point, 0), to_output
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -231,7 +236,10 @@ class NnaAddTanh(nn.Module):
         a_q, _ = _quantize_with(self.a_range, a, bits)
         b_q, _ = _quantize_with(self.b_range, b, bits)
         add, to_output = self._constants()
-        total = ops.add(a_q, add.a_zero_point, b_q, add.b_zero_point, add.fixed_point, 0, spec.lstm.gate.bits, rounding)
+        total = ops.add(
+            a_q, add.a_zero_point, b_q, add.b_zero_point, add.fixed_point, add.out_zero_point,
+            spec.lstm.gate.bits, rounding,
+        )  # fmt: skip
         squashed = ops.lut_lookup(total, self.tanh)
         out_q = ops.requantize_output(squashed, *to_output, 0, bits, rounding, spec.requantization.zero_point)
         return ops.dequantize(out_q, self.output_range.scale, 0)

@@ -5,9 +5,9 @@ and decoding interface) and replaces the layers that run on the NNA with emulate
 quantization parameters are tied where one feeds another, so that what flows between them is
 integer codes (held dequantized in floats). ``nna.convert.nna_`` builds them from a float model.
 
-The encoder's ``FeatureNorm`` (band limit, cepstral smoothing, mean/variance normalisation)
-stays float: it is the CPU front-end that runs before the first quantization, as the feature
-extraction does. Dropout is not applied between integer ops (it would knock values off the
+The encoder's ``FeatureNorm`` (its fixed normalisation of the log-mel features) stays float: it
+is the CPU front-end that runs before the first quantization, as the feature extraction does.
+The integer engine takes its output. Dropout is not applied between integer ops (it would knock values off the
 integer grid); the NNA encoder trains without it.
 """
 
@@ -60,13 +60,7 @@ class NnaLstmEncoder(LstmEncoder):
     ) -> Tuple[torch.Tensor, torch.Tensor, LstmState]:
         """As ``LstmEncoder.forward``: features ``(N, T, F)`` -> ``(out (N, T', d_model), out_lens,
         new_state)``, the output and state holding dequantized NNA codes."""
-        too_short = (x_lens < self.min_input_frames).nonzero().flatten().tolist()
-        if too_short:
-            raise ValueError(
-                f"utterance(s) at batch index {too_short} have {x_lens[too_short].tolist()} "
-                f"frames; the encoder needs at least {self.min_input_frames}"
-            )
-        out, new_state = self.encode_normalised(self.feature_norm(x), state)
+        out, new_state = self.encode_normalised(self.front_end(x, x_lens), state)
         return out, self.output_length(x_lens), new_state
 
     def encode_normalised(
@@ -88,7 +82,9 @@ class NnaStatelessPredictor(StatelessPredictor):
     """``StatelessPredictor`` with an integer embedding lookup and an integer grouped conv with
     fused ReLU (or a ReLU on the embedding codes when ``context_size`` is 1)."""
 
-    def __init__(self, spec: NnaSpec, vocab_size: int, embedding_dim: int = 256, context_size: int = 2, blank_id: int = 0) -> None:
+    def __init__(
+        self, spec: NnaSpec, vocab_size: int, embedding_dim: int = 256, context_size: int = 2, blank_id: int = 0
+    ) -> None:
         super().__init__(vocab_size, embedding_dim, context_size, blank_id)
         self.spec = spec
         self.embedding = NnaEmbedding.from_embedding(self.embedding, spec)

@@ -1,0 +1,75 @@
+"""Accelerator-aware training on real FSDD: ``TrainConfig.nna_spec`` converts the fp32 baseline,
+calibrates and freezes, fine-tunes through the emulation (with a weight quantizer on top), and
+its checkpoints decode through the integer engine exactly as through the emulated model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from lhotse import load_manifest
+
+from nnaqat.checkpoint import load_checkpoint, load_model
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.dataset import decode_cuts
+from nnaqat.nna.linear import RangeObserver
+from nnaqat.nna.models import NnaLstmEncoder
+from nnaqat.nna.recognize import integer_decode_cuts
+from nnaqat.quant import QuantConfig
+from nnaqat.trainer import TrainConfig, Trainer
+
+SPEC = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna/int8.yaml"
+
+
+def observer_ranges(model: torch.nn.Module) -> dict:
+    return {name: m.min_max.clone() for name, m in model.named_modules() if isinstance(m, RangeObserver)}
+
+
+@pytest.fixture(scope="module")
+def aat_run(tiny_data, small_checkpoint, tmp_path_factory):
+    """One epoch of AAT from the fp32 baseline, with 6-bit uniform weights; the ranges right
+    after calibration and the weights before training."""
+    exp = tmp_path_factory.mktemp("aat")
+    config = TrainConfig(
+        train_cuts=str(tiny_data.train), dev_cuts=str(tiny_data.dev), bpe_model=str(tiny_data.bpe_model),
+        exp_dir=str(exp), init_checkpoint=str(small_checkpoint), num_epochs=1, max_duration=60.0,
+        lr=5e-4, warmup_batches=2, warm_step=0, spec_augment=False, progress=False, nna_spec=str(SPEC),
+        nna_calibration_batches=2, quant=QuantConfig(quantizer="uniform", weight_bits=6),
+    )  # fmt: skip
+    trainer = Trainer(config)
+    calibrated = observer_ranges(trainer.model)
+    weights = copy.deepcopy(trainer.model.encoder.layers[0].state_dict())
+    trainer.run()
+    return exp, trainer, calibrated, weights
+
+
+def test_training_converts_calibrates_freezes_and_learns(aat_run):
+    exp, trainer, calibrated, weights = aat_run
+    model = trainer.model
+    assert isinstance(model.encoder, NnaLstmEncoder) and model.quantizer is not None
+    assert calibrated and all(m.frozen for m in model.modules() if isinstance(m, RangeObserver))
+    after = observer_ranges(model)
+    assert all(torch.equal(after[name], value) for name, value in calibrated.items())  # frozen through training
+    moved = [k for k, v in model.encoder.layers[0].state_dict().items() if k.endswith("original") or "weight" in k]
+    assert moved and any(not torch.equal(model.encoder.layers[0].state_dict()[k], weights[k]) for k in moved)
+    state = load_checkpoint(exp / "epoch-1.pt")
+    assert state["nna_spec"]["lstm"]["gate"] == "Q3.12"
+    history = state["history"][-1]
+    assert torch.isfinite(torch.tensor([history["train_loss_per_frame"], history["dev_pruned_loss"]])).all()
+
+
+def test_checkpoint_decodes_identically_through_the_integer_engine(aat_run, tiny_data):
+    exp, _, _, _ = aat_run
+    model = load_model([exp / "epoch-1.pt"])  # converted, quantizer finalized, ranges restored
+    assert isinstance(model.encoder, NnaLstmEncoder)
+    tokenizer = Tokenizer(tiny_data.bpe_model)
+    cuts = load_manifest(tiny_data.dev).subset(first=8)
+    emulated = sorted(decode_cuts(model, cuts, tokenizer, progress=False))
+    integer = sorted(integer_decode_cuts(model, cuts, tokenizer, chunk_frames=2))
+    assert [r[0] for r in integer] == [r[0] for r in emulated]
+    differing = sum(a[2] != b[2] for a, b in zip(emulated, integer))
+    print(f"AAT checkpoint: {differing} of {len(integer)} hypotheses differ between emulation and engine")
+    assert differing == 0
+    assert sum(len(r[2]) for r in integer) > 2 * len(integer)  # real hypotheses, not empty ones
