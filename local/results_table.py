@@ -100,13 +100,13 @@ def main() -> None:
             size_text = f"{size:,}" if size is not None else "?"
             print(f"| {exp_dir.name} | {params} | {seconds} | {bits} | {size_text} | {method} ({match['suffix']}) "
                   f"| {match['set']} | {wer} |")
-            wers.setdefault((method, match["set"]), []).append(float(wer))
+            wers.setdefault((method, match["suffix"], match["set"]), []).append(float(wer))
             if method == "greedy_search" and match["set"] == "test" and size is not None:
                 points.append((exp_dir.name, size, float(wer)))
     if args.mean:
-        for (method, test_set), values in sorted(wers.items()):
+        for (method, suffix, test_set), values in sorted(wers.items()):
             mean = sum(values) / len(values)
-            print(f"| mean of {len(values)} | | | | | {method} | {test_set} | {mean:.2f} |")
+            print(f"| mean of {len(values)} | | | | | {method} ({suffix}) | {test_set} | {mean:.2f} |")
     if args.plot_wer_bytes and points:
         plot_wer_bytes(points, args.plot_wer_bytes)
 

@@ -59,19 +59,21 @@ def tiny_data(tmp_path_factory, fsdd_manifests) -> TinyData:
     return TinyData(train=paths["train"], dev=paths["dev"], bpe_model=bpe, root=root)
 
 
-# A small model trained once per session on tiny_data, shared by the streaming and export tests:
-# two LSTM layers (states with L > 1), the recipe's 8x frame stacking, a context-2 stateless predictor.
+# A small model trained once per session on tiny_data, shared by the streaming, export and NNA tests:
+# the recipe's front end (band limit, causal mean normalisation whose state rides in an extra state
+# row), two LSTM layers (states with L > 1), 8x frame stacking, a context-2 stateless predictor.
 SMALL_MODEL = {
-    "encoder_kwargs": {"hidden_size": 64, "num_layers": 2, "subsampling_factor": 8, "dropout": 0.0},
+    "encoder_kwargs": {"hidden_size": 96, "num_layers": 2, "subsampling_factor": 8, "dropout": 0.0,
+                       "max_freq_hz": 3800, "cmn_prior_frames": 50},
     "predictor_kwargs": {"embedding_dim": 32, "context_size": 2},
     "joiner_dim": 32,
 }
-SMALL_EPOCHS = 12
+SMALL_EPOCHS = 16
 
 
 @pytest.fixture(scope="session")
 def small_exp_dir(tiny_data, tmp_path_factory) -> Path:
-    """Experiment folder holding ``epoch-{SMALL_EPOCHS}.pt`` (about 400 updates on 160 utterances)."""
+    """Experiment folder holding ``epoch-{SMALL_EPOCHS}.pt`` (about 530 updates on 160 utterances)."""
     exp = tmp_path_factory.mktemp("small-exp")
     train(
         TrainConfig(

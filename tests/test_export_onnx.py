@@ -57,17 +57,18 @@ def test_files_follow_the_sherpa_onnx_lstm_contract(exported, small_model):
     files = exported["fp32"]
     enc, dec = small_model.encoder, small_model.predictor
     meta = read_metadata(files.encoder)
-    # 2 encoder frames of 8x frame stacking read 8*2 + 8 + 1 = 25 frames and advance 16.
-    expected = {"model_type": "lstm", "T": "25", "decode_chunk_len": "16", "num_encoder_layers": "2",
-                "d_model": "64", "rnn_hidden_size": "64"}
+    # 2 encoder frames of 8x frame stacking read 8*2 + 8 + 1 = 25 frames and advance 16. Three
+    # state rows: two LSTM layers and the causal mean normalisation's running statistics.
+    expected = {"model_type": "lstm", "T": "25", "decode_chunk_len": "16", "num_encoder_layers": "3",
+                "d_model": "96", "rnn_hidden_size": "96"}
     assert {k: meta[k] for k in expected} == expected
     inputs, outputs = _io(files.encoder)
-    assert inputs == [("x", "FLOAT", ["N", 25, 80]), ("state0", "FLOAT", [2, "N", enc.d_model]),
-                      ("state1", "FLOAT", [2, "N", enc.hidden_size])]
+    assert inputs == [("x", "FLOAT", ["N", 25, 80]), ("state0", "FLOAT", [3, "N", enc.d_model]),
+                      ("state1", "FLOAT", [3, "N", enc.hidden_size])]
     assert [name for name, _ in outputs] == ["encoder_out", "new_state0", "new_state1"]
     ort_model = OrtTransducer(files)
     encoder_out, state0, state1 = ort_model.run_encoder(np.zeros((3, 25, 80), np.float32), *ort_model.initial_state(3))
-    assert (encoder_out.shape, state0.shape, state1.shape) == ((3, CHUNK_FRAMES, 32), (2, 3, 64), (2, 3, 64))
+    assert (encoder_out.shape, state0.shape, state1.shape) == ((3, CHUNK_FRAMES, 32), (3, 3, 96), (3, 3, 96))
     assert read_metadata(files.decoder) == {"context_size": "2", "vocab_size": str(dec.vocab_size)}
     assert _io(files.decoder) == ([("y", "INT64", ["N", 2])], [("decoder_out", ["N", 32])])
     assert _io(files.joiner) == ([("encoder_out", "FLOAT", ["N", 32]), ("decoder_out", "FLOAT", ["N", 32])],
@@ -88,7 +89,8 @@ def test_fp32_onnx_runtime_equals_torch_chunk_by_chunk(exported, small_model, de
 def test_fp32_encoder_batches_streams(exported, small_model, dev_features):
     ort_model = OrtTransducer(exported["fp32"])
     x = torch.stack([f[:25] for f in dev_features[:3]])
-    state = [torch.randn(2, 3, 64), torch.randn(2, 3, 64)]
+    with torch.no_grad():  # real, different states per stream: those after this chunk
+        _, _, state = small_model.encoder(x, torch.full((3,), 25))
     out_o = ort_model.run_encoder(x.numpy(), *(s.numpy() for s in state))
     with torch.no_grad():
         out_t = EncoderForOnnx(small_model)(x, *state)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnaqat import registry
-from nnaqat.data.features import mel_bin_centers_hz
+from nnaqat.data.features import LOG_ENERGY_FLOOR, mel_bin_centers_hz
 from nnaqat.models import LstmEncoder, Transducer, TransducerConfig
 
 SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
@@ -73,9 +73,14 @@ def test_too_short_input_is_rejected_clearly():
 
 
 @pytest.mark.parametrize("factor", [4, 8])
-def test_encoder_is_causal_and_streams_in_chunks(factor):
-    encoder = LstmEncoder(**SMALL_ENCODER, subsampling_factor=factor).eval()
+@pytest.mark.parametrize("cmn_prior_frames", [0, 20])
+def test_encoder_is_causal_and_streams_in_chunks(factor, cmn_prior_frames):
+    encoder = LstmEncoder(**{**SMALL_ENCODER, "hidden_size": 96}, subsampling_factor=factor,
+                          cmn_prior_frames=cmn_prior_frames).eval()
+    if encoder.cmn is not None:
+        encoder.cmn.speech_mean.normal_()
     x = torch.randn(1, 131, 80)
+    x[:, 30:45] = LOG_ENERGY_FLOOR  # digital silence between words
     full, _, _ = encoder(x, torch.tensor([131]))
     # Output frame j sees input frames f*j .. f*j+2f: n outputs take f*n+f+1 inputs, overlapping by f+1.
     state, pieces = None, []
@@ -124,3 +129,32 @@ def test_band_limit_zeroes_bins_above_max_freq_and_stays_out_of_state_dict():
     assert (out[..., centers <= 3800] != 0).all()
     assert int((centers <= 3800).sum()) == 60  # 8 kHz audio: bins up to ~3.8 kHz carry speech
     assert set(encoder.state_dict()) == set(LstmEncoder(80, 16, 1, subsampling_factor=4).state_dict())
+
+
+def test_causal_mean_norm_follows_its_formula_and_skips_digital_silence():
+    encoder = LstmEncoder(80, hidden_size=96, num_layers=1, subsampling_factor=4, cmn_prior_frames=10)
+    cmn = encoder.cmn
+    cmn.speech_mean.normal_()
+    x = torch.randn(2, 40, 80) * 3
+    x[:, 5:9] = LOG_ENERGY_FLOOR
+    x_lens = torch.tensor([40, 30])
+    state = cmn.initial_state(2)
+    out, _ = cmn(x, x_lens, state, consumed=x_lens)
+    # Digital silence and frames past the length are untouched.
+    assert torch.equal(out[:, 5:9], x[:, 5:9]) and torch.equal(out[1, 30:], x[1, 30:])
+    # A constant gain on speech frames survives only with the prior's weight: 10 / (10 + n_t).
+    gained = torch.where(cmn.is_speech(x)[..., None], x + 6.0, x)
+    out_gained, _ = cmn(gained, x_lens, state, consumed=x_lens)
+    speech_frames = torch.tensor([t for t in range(40) if not 5 <= t < 9])
+    counts = torch.arange(1, len(speech_frames) + 1, dtype=torch.float32)
+    expected = 6.0 * 10 / (10 + counts)
+    diff = (out_gained - out)[0, speech_frames]
+    torch.testing.assert_close(diff, expected[:, None].expand_as(diff), atol=1e-4, rtol=1e-4)
+
+
+def test_cmn_state_rides_in_an_extra_state_row():
+    encoder = LstmEncoder(80, hidden_size=96, num_layers=2, subsampling_factor=8, cmn_prior_frames=50)
+    h, c = encoder.initial_state(3)
+    assert h.shape == (3, 3, 96) and c.shape == (3, 3, 96) and encoder.num_state_rows == 3
+    with pytest.raises(ValueError, match="hidden_size >= 81"):
+        LstmEncoder(80, hidden_size=64, cmn_prior_frames=50)

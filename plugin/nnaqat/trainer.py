@@ -27,6 +27,7 @@ from nnaqat.data.datamodule import (
     eval_dataloader,
     feature_statistics,
     filter_trainable,
+    speech_frame_mean,
     train_dataloader,
 )
 from nnaqat.data.tokenizer import Tokenizer
@@ -213,8 +214,10 @@ class Trainer:
         logging.info("NNA ranges calibrated on %d batches and frozen", count)
 
     def _init_feature_norm(self) -> None:
-        mean, std = feature_statistics(self.train_cuts)
-        self.model.encoder.feature_norm.set_statistics(mean, std)
+        encoder = self.model.encoder
+        encoder.feature_norm.set_statistics(*feature_statistics(self.train_cuts))
+        if encoder.cmn is not None:
+            encoder.cmn.speech_mean.copy_(speech_frame_mean(self.train_cuts, encoder.cmn.is_speech))
 
     # ---- loop ----
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, Dict[str, float]]:

@@ -200,6 +200,24 @@ def feature_statistics(cuts: CutSet, max_cuts: Optional[int] = 2000) -> Tuple[to
     return mean.float(), std.float()
 
 
+def speech_frame_mean(
+    cuts: CutSet, is_speech: Callable[[torch.Tensor], torch.Tensor], max_cuts: Optional[int] = 2000
+) -> torch.Tensor:
+    """Per-bin mean ``(F,)`` over the frames ``is_speech`` ``((T, F) -> (T,) bool)`` keeps, in
+    (up to ``max_cuts``) cuts."""
+    total, count = 0.0, 0
+    for i, cut in enumerate(cuts):
+        if max_cuts is not None and i >= max_cuts:
+            break
+        feats = torch.from_numpy(cut.load_features()).double()
+        feats = feats[is_speech(feats)]
+        total = total + feats.sum(0)
+        count += feats.size(0)
+    if count == 0:
+        raise ValueError("no speech frames in the cuts")
+    return (total / count).float()
+
+
 def batch_to_tensors(
     batch: dict, tokenizer: Tokenizer
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[str], List[str]]:

@@ -99,7 +99,7 @@ def encoder_metadata(model: Transducer, geometry: ChunkGeometry) -> Dict[str, st
         "model_type": "lstm",
         "T": str(geometry.size),
         "decode_chunk_len": str(geometry.shift),
-        "num_encoder_layers": str(encoder.num_layers),
+        "num_encoder_layers": str(encoder.num_state_rows),  # state rows: LSTM layers (+ front end)
         "d_model": str(encoder.d_model),
         "rnn_hidden_size": str(encoder.hidden_size),
         "subsampling_factor": str(geometry.factor),  # informative; sherpa-onnx does not read it

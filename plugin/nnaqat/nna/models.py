@@ -60,8 +60,9 @@ class NnaLstmEncoder(LstmEncoder):
     ) -> Tuple[torch.Tensor, torch.Tensor, LstmState]:
         """As ``LstmEncoder.forward``: features ``(N, T, F)`` -> ``(out (N, T', d_model), out_lens,
         new_state)``, the output and state holding dequantized NNA codes."""
-        out, new_state = self.encode_normalised(self.front_end(x, x_lens), state)
-        return out, self.output_length(x_lens), new_state
+        features, lstm_state, front_state = self.front_end(x, x_lens, state)
+        out, new_state = self.encode_normalised(features, lstm_state)
+        return out, self.output_length(x_lens), self.join_state(new_state, front_state)
 
     def encode_normalised(
         self, features: torch.Tensor, state: Optional[LstmState] = None

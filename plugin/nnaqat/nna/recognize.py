@@ -43,7 +43,8 @@ def integer_decode_cuts(
     results: List[Result] = []
     for cut in cuts:
         with torch.no_grad():
-            normalised = model.encoder.feature_norm(features_of(cut)[None])[0].numpy()
+            features = features_of(cut)
+            normalised = model.encoder.front_end(features[None], torch.tensor([features.size(0)]))[0][0].numpy()
         tokens = engine.decode(normalised, chunk_frames)
         results.append((cut.id, cut.supervisions[0].text.split(), tokenizer.decode(tokens).split()))
     return results
