@@ -25,6 +25,7 @@ from lhotse import load_manifest_lazy
 from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
+from nnaqat.decode.search import add_search_arguments
 from nnaqat.decode.wer import write_error_stats, write_recogs
 from nnaqat.nna import NnaSpec
 from nnaqat.nna.convert import nna_
@@ -37,10 +38,7 @@ def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, exp_dir_required=True)
     parser.add_argument("--bpe-model", type=Path, required=True)
-    parser.add_argument("--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"])
-    parser.add_argument("--beam-size", type=int, default=4)
-    parser.add_argument("--blank-penalty", type=float, default=0.0,
-                        help="subtracted from the blank logit (sherpa-onnx's blank_penalty); fewer deletions")
+    add_search_arguments(parser)
     parser.add_argument("--max-duration", type=float, default=300.0)
     parser.add_argument("--cuts", nargs="*", default=[], help="NAME=manifest.jsonl.gz (features or audio)")
     parser.add_argument("--wavs", nargs="*", default=[], type=Path, help="wav files (any sample rate)")

@@ -20,6 +20,7 @@ from lhotse import load_manifest_lazy
 
 from nnaqat.data.features import SAMPLING_RATE
 from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.decode.search import add_search_arguments
 from nnaqat.export.onnx import OnnxFiles, read_metadata
 from nnaqat.export.sherpa import decode_with_sherpa
 
@@ -30,8 +31,7 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--exp-dir", type=Path, required=True)
     parser.add_argument("--cuts", nargs="+", required=True, help="NAME=manifest.jsonl.gz of cuts with audio")
-    parser.add_argument("--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"])
-    parser.add_argument("--beam-size", type=int, default=4)
+    add_search_arguments(parser)
     parser.add_argument("--resample", default="lhotse", choices=["lhotse", "sherpa"])
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--max-streams", type=int, default=32)
@@ -45,6 +45,8 @@ def main() -> None:
     suffix = f"{args.precision}-chunk-{meta.get('chunk_frames', meta.get('T', '?'))}"
     if args.method == "modified_beam_search":
         suffix += f"-beam-{args.beam_size}"
+    if args.blank_penalty:
+        suffix += f"-blank-penalty-{args.blank_penalty:g}"
     if args.resample == "sherpa":
         suffix += "-sherpa-resample"
     out_dir = args.exp_dir / "sherpa-onnx" / args.method
@@ -55,7 +57,7 @@ def main() -> None:
             raise SystemExit(f"expected NAME=manifest, got {spec!r}")
         run = decode_with_sherpa(
             files, manifest, args.method, args.beam_size, args.num_threads, args.max_streams,
-            sample_rate=SAMPLING_RATE if args.resample == "lhotse" else 0,
+            sample_rate=SAMPLING_RATE if args.resample == "lhotse" else 0, blank_penalty=args.blank_penalty,
         )
         references = {c.id: c.supervisions[0].text.split() for c in load_manifest_lazy(manifest)}
         results = [(u.id, references[u.id], u.text.split()) for u in run.utterances]

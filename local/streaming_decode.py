@@ -23,6 +23,7 @@ from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.latency import LatencyStats, stream_latencies, word_end_times
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES, decode_cuts_streaming
+from nnaqat.decode.search import add_search_arguments
 from nnaqat.decode.wer import write_error_stats, write_recogs
 
 
@@ -30,9 +31,7 @@ def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, exp_dir_required=True)
     parser.add_argument("--bpe-model", type=Path, required=True)
-    parser.add_argument("--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"])
-    parser.add_argument("--beam-size", type=int, default=4)
-    parser.add_argument("--blank-penalty", type=float, default=0.0, help="subtracted from the blank logit")
+    add_search_arguments(parser)
     parser.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="encoder frames per chunk")
     parser.add_argument("--max-streams", type=int, default=32, help="streams decoded together")
     parser.add_argument("--cuts", nargs="+", required=True, help="NAME=manifest.jsonl.gz (features or audio)")

@@ -18,6 +18,7 @@ from nnaqat.checkpoint import load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES
 from nnaqat.decode.wav_stream import stream_wav
+from nnaqat.decode.search import add_search_arguments
 from nnaqat.export.onnx import OnnxFiles
 from nnaqat.export.sherpa import transcribe_with_sherpa
 
@@ -30,8 +31,7 @@ def get_args() -> argparse.Namespace:
     model.add_argument("--onnx-dir", type=Path, help="a sherpa-onnx export (local/export_onnx.py)")
     parser.add_argument("--bpe-model", type=Path, help="with --checkpoint")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="with --onnx-dir")
-    parser.add_argument("--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"])
-    parser.add_argument("--beam-size", type=int, default=4)
+    add_search_arguments(parser)
     parser.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES,
                         help="with --checkpoint (an export has its own)")
     return parser.parse_args()
@@ -46,10 +46,11 @@ def main() -> None:
             raise SystemExit("--checkpoint needs --bpe-model")
         model, _ = load_model_from_args(args)
         tokenizer = Tokenizer(args.bpe_model)
-        partials = stream_wav(model, tokenizer, args.wav, args.method, args.beam_size, args.chunk_frames)
+        partials = stream_wav(model, tokenizer, args.wav, args.method, args.beam_size, args.chunk_frames,
+                              blank_penalty=args.blank_penalty)
     else:
         partials = transcribe_with_sherpa(OnnxFiles.in_dir(args.onnx_dir, args.precision), args.wav, args.method,
-                                          args.beam_size)
+                                          args.beam_size, blank_penalty=args.blank_penalty)
     try:
         for p in partials:
             print(f"{args.wav.stem}: {p.text}" if p.final else f"{p.seconds:7.2f} s  {p.text}", flush=True)

@@ -122,12 +122,14 @@ def test_export_rejects_what_sherpa_onnx_cannot_run(tmp_path, tiny_data):
         export_onnx(projected, tokens, tmp_path)
 
 
-def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, small_model, test_audio, tiny_data):
-    run = decode_with_sherpa(exported["fp32"], test_audio, sample_rate=16000, dump_features=True)
+@pytest.mark.parametrize("blank_penalty", [0.0, 1.5])
+def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, small_model, test_audio, tiny_data, blank_penalty):
+    run = decode_with_sherpa(exported["fp32"], test_audio, sample_rate=16000, dump_features=True,
+                             blank_penalty=blank_penalty)
     assert len(run.utterances) == len(test_audio) and 0 < run.rtf < 1
     tokenizer = Tokenizer(tiny_data.bpe_model)
     # 1. Our streaming greedy on exactly the feature chunks sherpa-onnx's encoder received.
-    decoder = StreamingDecoder(small_model, "greedy_search", chunk_frames=CHUNK_FRAMES)
+    decoder = StreamingDecoder(small_model, "greedy_search", chunk_frames=CHUNK_FRAMES, blank_penalty=blank_penalty)
     g = decoder.geometry
     utterances = []
     for u in run.utterances:
@@ -139,8 +141,9 @@ def test_sherpa_onnx_fp32_equals_our_streaming_greedy(exported, small_model, tes
     ours = {s.id: s.tokens for s in decode_streams(decoder, utterances).streams}
     assert [u.id for u in run.utterances if ours[u.id] != u.tokens] == []
     # 2. Our streaming greedy on lhotse features of the audio as is (sherpa-onnx had silence appended).
-    plain = {s.id: s.tokens for s in decode_cuts_streaming(small_model, test_audio, chunk_frames=CHUNK_FRAMES).streams}
-    assert [u.id for u in run.utterances if plain[u.id] != u.tokens] == []
+    plain = decode_cuts_streaming(small_model, test_audio, chunk_frames=CHUNK_FRAMES, blank_penalty=blank_penalty)
+    plain_tokens = {s.id: s.tokens for s in plain.streams}
+    assert [u.id for u in run.utterances if plain_tokens[u.id] != u.tokens] == []
     assert sum(len(u.tokens) > 0 for u in run.utterances) > len(test_audio) / 2
 
 

@@ -11,6 +11,7 @@ Every token remembers the encoder frame it was emitted on, for latency measureme
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -212,6 +213,17 @@ class ModifiedBeamSearch:
         """The highest-scoring hypothesis: ``(tokens, emission frames)``."""
         k = int(beam.scores.argmax())
         return list(beam.ys[k]), list(beam.frames[k])
+
+
+METHODS = ("greedy_search", "modified_beam_search")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method --beam-size --blank-penalty``, as every decoding script takes them."""
+    parser.add_argument("--method", default="greedy_search", choices=METHODS)
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--blank-penalty", type=float, default=0.0,
+                        help="subtracted from the blank logit (sherpa-onnx's blank_penalty); fewer deletions")
 
 
 def make_search(

@@ -60,10 +60,11 @@ def stream_wav(
     beam: int = 4,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     piece_seconds: float = 0.1,
+    blank_penalty: float = 0.0,
 ) -> Iterator[Partial]:
     """Yields a :class:`Partial` whenever the text changes, then the final result."""
     samples = load_audio_16k(path)
-    decoder = StreamingDecoder(model, method, beam, chunk_frames)
+    decoder = StreamingDecoder(model, method, beam, chunk_frames, blank_penalty)
     stream = decoder.create_stream(Path(path).stem)
     fbank = online_fbank()
     piece = max(1, int(piece_seconds * SAMPLING_RATE))

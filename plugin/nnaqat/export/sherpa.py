@@ -52,14 +52,15 @@ def check_model_files(files: OnnxFiles) -> Dict[str, str]:
 
 
 def _worker_command(
-    files: OnnxFiles, encoder_meta: Dict[str, str], method: str, beam: int, num_threads: int, sample_rate: int
+    files: OnnxFiles, encoder_meta: Dict[str, str], method: str, beam: int, num_threads: int, sample_rate: int,
+    blank_penalty: float,
 ) -> List[str]:
     return [
         sys.executable, str(WORKER),
         "--encoder", str(files.encoder), "--decoder", str(files.decoder), "--joiner", str(files.joiner),
         "--tokens", str(files.tokens),
         "--chunk-size", encoder_meta["T"], "--chunk-shift", encoder_meta["decode_chunk_len"],
-        "--method", method, "--beam-size", str(beam),
+        "--method", method, "--beam-size", str(beam), "--blank-penalty", str(blank_penalty),
         "--num-threads", str(num_threads), "--sample-rate", str(sample_rate),
     ]
 
@@ -104,6 +105,7 @@ def decode_with_sherpa(
     sample_rate: int = 0,
     dump_features: bool = False,
     timeout: Optional[float] = None,
+    blank_penalty: float = 0.0,
 ) -> SherpaRun:
     """Decodes every cut (audio, at its own sample rate unless ``sample_rate`` is given) with sherpa-onnx.
 
@@ -114,6 +116,7 @@ def decode_with_sherpa(
       sample_rate: resample the audio to this rate before sherpa-onnx sees it (0: sherpa-onnx resamples).
       dump_features: also return the feature frames of every chunk the encoder received.
       timeout: seconds before the child process is killed (None: no limit).
+      blank_penalty: subtracted from the blank logit (sherpa-onnx's own option).
     Returns:
       The hypotheses and the time spent in the recognizer's decode calls (feature extraction
       happens as audio is accepted and is not counted, as in our PyTorch streaming RTF).
@@ -128,7 +131,7 @@ def decode_with_sherpa(
         else:
             manifest = Path(cuts)
         out = Path(tmp) / "results.jsonl"
-        cmd = _worker_command(files, encoder_meta, method, beam, num_threads, sample_rate) + [
+        cmd = _worker_command(files, encoder_meta, method, beam, num_threads, sample_rate, blank_penalty) + [
             "--cuts", str(manifest), "--out", str(out), "--max-streams", str(max_streams),
         ] + (["--dump-features"] if dump_features else [])
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -144,7 +147,12 @@ def decode_with_sherpa(
 
 
 def transcribe_with_sherpa(
-    files: OnnxFiles, wav: Path | str, method: str = "greedy_search", beam: int = 4, sample_rate: int = 16000
+    files: OnnxFiles,
+    wav: Path | str,
+    method: str = "greedy_search",
+    beam: int = 4,
+    sample_rate: int = 16000,
+    blank_penalty: float = 0.0,
 ) -> Iterator[Partial]:
     """Streams one audio file through sherpa-onnx; yields each changed partial text, then the final one.
 
@@ -156,7 +164,7 @@ def transcribe_with_sherpa(
         Recording.from_file(wav)  # reads the header: unreadable audio is reported here, not by the child
     except Exception as error:
         raise ValueError(f"{wav}: unreadable audio ({error})") from error
-    cmd = _worker_command(files, encoder_meta, method, beam, 1, sample_rate) + ["--wav", str(wav)]
+    cmd = _worker_command(files, encoder_meta, method, beam, 1, sample_rate, blank_penalty) + ["--wav", str(wav)]
     # stderr to a file, not a pipe: a full pipe would block the child while we read stdout.
     with tempfile.TemporaryFile("w+") as errors:
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True) as child:

@@ -38,6 +38,7 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--chunk-shift", type=int, required=True, help="the encoder's decode_chunk_len")
     parser.add_argument("--method", default="greedy_search")
     parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--blank-penalty", type=float, default=0.0)
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--max-streams", type=int, default=32)
     parser.add_argument("--sample-rate", type=int, default=0, help="resample the audio to this rate first (0: as is)")
@@ -49,6 +50,7 @@ def make_recognizer(args: argparse.Namespace) -> sherpa_onnx.OnlineRecognizer:
     return sherpa_onnx.OnlineRecognizer.from_transducer(
         tokens=args.tokens, encoder=args.encoder, decoder=args.decoder, joiner=args.joiner,
         num_threads=args.num_threads, decoding_method=args.method, max_active_paths=args.beam_size,
+        blank_penalty=args.blank_penalty,
     )
 
 
