@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nnaqat.checkpoint import load_checkpoint  # noqa: E402
 from nnaqat.quant import quantizable_parameters  # noqa: E402
 
+# Buffers in the state dict that are statistics or codebooks, not trained parameters.
+NOT_PARAMETERS = ("encoder.feature_norm.", "encoder.cmn.", "quantizer.")
 SUMMARY = re.compile(r"wer-summary-(?P<set>[^-]+)-(?P<suffix>.+)\.txt$")
 
 
@@ -87,7 +89,7 @@ def main() -> None:
         params, seconds = "?", "?"
         if checkpoint is not None:
             state = load_checkpoint(checkpoint)
-            params = f"{sum(v.numel() for k, v in state['model'].items() if not k.startswith('encoder.feature_norm')):,}"
+            params = f"{sum(v.numel() for k, v in state['model'].items() if not k.startswith(NOT_PARAMETERS)):,}"
             times = [h["seconds"] for h in state["history"] if "seconds" in h]
             seconds = f"{sum(times) / len(times):.0f}" if times else "?"
             if state["history"]:
