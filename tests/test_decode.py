@@ -49,12 +49,19 @@ def test_errs_file_format(tmp_path):
     assert stats.errors == 1
 
 
-def test_beam_one_equals_greedy(trained, tiny_data):
+@pytest.fixture(scope="module")
+def encoded_dev(trained, tiny_data):
+    """``(model, encoder_out, encoder_lens, cuts)`` of the trained model on the dev cuts."""
     model = load_model([trained / "epoch-3.pt"])
     cuts = load_manifest(tiny_data.dev)
     x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c.load_features()) for c in cuts], batch_first=True)
-    x_lens = torch.tensor([c.num_frames for c in cuts])
-    encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
+    with torch.no_grad():
+        encoder_out, encoder_lens, _ = model.encoder(x, torch.tensor([c.num_frames for c in cuts]))
+    return model, encoder_out, encoder_lens, cuts
+
+
+def test_beam_one_equals_greedy(encoded_dev):
+    model, encoder_out, encoder_lens, cuts = encoded_dev
     greedy = greedy_search(model, encoder_out, encoder_lens)
     assert greedy == modified_beam_search(model, encoder_out, encoder_lens, beam=1)
     # Batched greedy equals greedy utterance by utterance.
@@ -65,12 +72,8 @@ def test_beam_one_equals_greedy(trained, tiny_data):
     assert len(beam4) == len(cuts)
 
 
-def test_blank_penalty_trades_deletions_for_insertions(trained, tiny_data):
-    model = load_model([trained / "epoch-3.pt"])
-    cuts = load_manifest(tiny_data.dev)
-    x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(c.load_features()) for c in cuts], batch_first=True)
-    x_lens = torch.tensor([c.num_frames for c in cuts])
-    encoder_out, encoder_lens, _ = model.encoder(x, x_lens)
+def test_blank_penalty_trades_deletions_for_insertions(encoded_dev):
+    model, encoder_out, encoder_lens, _ = encoded_dev
     lengths = lambda penalty: [len(h) for h in greedy_search(model, encoder_out, encoder_lens, blank_penalty=penalty)]
     none, some = lengths(0.0), lengths(2.0)
     assert all(b >= a for a, b in zip(none, some)) and sum(some) > sum(none)
