@@ -24,7 +24,7 @@ from lhotse import load_manifest_lazy
 
 from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
-from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts
+from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts, named_manifests
 from nnaqat.decode.search import add_search_arguments
 from nnaqat.decode.wer import write_error_stats, write_recogs
 from nnaqat.nna import NnaSpec
@@ -93,7 +93,7 @@ def main() -> None:
     out_dir = args.exp_dir / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    test_sets = [(spec.split("=", 1)[0], load_manifest_lazy(spec.split("=", 1)[1])) for spec in args.cuts]
+    test_sets = [(name, load_manifest_lazy(manifest)) for name, manifest in named_manifests(args.cuts).items()]
     if args.wavs:
         test_sets.append(("wavs", cuts_from_wavs(args.wavs)))
     if not test_sets:

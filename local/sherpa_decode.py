@@ -20,6 +20,7 @@ from lhotse import load_manifest_lazy
 
 from nnaqat.data.features import SAMPLING_RATE
 from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.decode.dataset import named_manifests
 from nnaqat.decode.search import add_search_arguments
 from nnaqat.export.onnx import OnnxFiles, read_metadata
 from nnaqat.export.sherpa import decode_with_sherpa
@@ -51,10 +52,7 @@ def main() -> None:
         suffix += "-sherpa-resample"
     out_dir = args.exp_dir / "sherpa-onnx" / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
-    for spec in args.cuts:
-        name, _, manifest = spec.partition("=")
-        if not manifest:
-            raise SystemExit(f"expected NAME=manifest, got {spec!r}")
+    for name, manifest in named_manifests(args.cuts).items():
         run = decode_with_sherpa(
             files, manifest, args.method, args.beam_size, args.num_threads, args.max_streams,
             sample_rate=SAMPLING_RATE if args.resample == "lhotse" else 0, blank_penalty=args.blank_penalty,

@@ -23,6 +23,7 @@ from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.latency import LatencyStats, stream_latencies, word_end_times
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES, decode_cuts_streaming
+from nnaqat.decode.dataset import named_manifests
 from nnaqat.decode.search import add_search_arguments
 from nnaqat.decode.wer import write_error_stats, write_recogs
 
@@ -40,14 +41,6 @@ def get_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def named(specs):
-    pairs = [spec.split("=", 1) for spec in specs]
-    bad = [s for s, p in zip(specs, pairs) if len(p) != 2]
-    if bad:
-        raise SystemExit(f"expected NAME=manifest, got {bad}")
-    return dict(pairs)
-
-
 def main() -> None:
     args = get_args()
     if args.num_threads:
@@ -61,9 +54,9 @@ def main() -> None:
     tokenizer = Tokenizer(args.bpe_model)
     out_dir = args.exp_dir / "streaming" / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
-    word_times = named(args.word_times)
+    word_times = named_manifests(args.word_times)
 
-    for name, manifest in named(args.cuts).items():
+    for name, manifest in named_manifests(args.cuts).items():
         cuts = load_manifest_lazy(manifest).to_eager()
         run = decode_cuts_streaming(model, cuts, args.method, args.beam_size, args.chunk_frames, args.max_streams,
                                     args.blank_penalty)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -27,7 +26,6 @@ from nnaqat.data.datamodule import (
     eval_dataloader,
     feature_statistics,
     filter_trainable,
-    speech_frame_mean,
     train_dataloader,
 )
 from nnaqat.data.tokenizer import Tokenizer
@@ -35,7 +33,8 @@ from nnaqat.decode.search import greedy_search
 from nnaqat.decode.wer import error_stats
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
 from nnaqat.nna import NnaSpec
-from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
+from nnaqat.nna.convert import nna_
+from nnaqat.nna.recognize import calibrate_on_cuts
 from nnaqat.quant import QuantConfig, quantize_
 
 
@@ -206,18 +205,16 @@ class Trainer:
     def _calibrate_nna(self) -> None:
         """EMA ranges of the emulated NNA from the first training batches (every rank the same
         ones, unaugmented), then frozen: training adapts to the ranges the device will use."""
-        loader = eval_dataloader(self.train_cuts, self.config.max_duration)
-        batches = (batch_to_tensors(batch, self.tokenizer)[:4] for batch in loader)
-        first = itertools.islice(batches, self.config.nna_calibration_batches)
-        count = calibrate(self.model, first, prune_range=self.config.prune_range)
-        freeze_calibration(self.model)
+        count = calibrate_on_cuts(self.model, self.train_cuts, self.tokenizer, self.config.nna_calibration_batches,
+                                  self.config.max_duration, self.config.prune_range)
         logging.info("NNA ranges calibrated on %d batches and frozen", count)
 
     def _init_feature_norm(self) -> None:
         encoder = self.model.encoder
-        encoder.feature_norm.set_statistics(*feature_statistics(self.train_cuts))
+        stats = feature_statistics(self.train_cuts, is_speech=encoder.cmn.is_speech if encoder.cmn is not None else None)
+        encoder.feature_norm.set_statistics(stats.mean, stats.std)
         if encoder.cmn is not None:
-            encoder.cmn.speech_mean.copy_(speech_frame_mean(self.train_cuts, encoder.cmn.is_speech))
+            encoder.cmn.speech_mean.copy_(stats.speech_mean)
 
     # ---- loop ----
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, Dict[str, float]]:

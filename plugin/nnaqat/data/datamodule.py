@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from lhotse import CutSet
@@ -185,9 +185,23 @@ def batch_texts(batch: dict) -> Tuple[List[str], List[str]]:
     return [c.id for c in cuts], batch["supervisions"]["text"]
 
 
-def feature_statistics(cuts: CutSet, max_cuts: Optional[int] = 2000) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-bin mean and standard deviation over the frames of (up to ``max_cuts``) cuts."""
+class FeatureStatistics(NamedTuple):
+    """Per-bin statistics ``(F,)`` of a training set's features."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    speech_mean: Optional[torch.Tensor]  # mean over the frames ``is_speech`` keeps (None without it)
+
+
+def feature_statistics(
+    cuts: CutSet,
+    max_cuts: Optional[int] = 2000,
+    is_speech: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> FeatureStatistics:
+    """Per-bin mean and standard deviation over the frames of (up to ``max_cuts``) cuts, and with
+    ``is_speech`` (``(T, F) -> (T,)`` bool) the mean over the frames it keeps, in the same pass."""
     total, total_sq, count = 0.0, 0.0, 0
+    speech_total, speech_count = 0.0, 0
     for i, cut in enumerate(cuts):
         if max_cuts is not None and i >= max_cuts:
             break
@@ -195,27 +209,18 @@ def feature_statistics(cuts: CutSet, max_cuts: Optional[int] = 2000) -> Tuple[to
         total = total + feats.sum(0)
         total_sq = total_sq + (feats**2).sum(0)
         count += feats.size(0)
+        if is_speech is not None:
+            speech = feats[is_speech(feats)]
+            speech_total = speech_total + speech.sum(0)
+            speech_count += speech.size(0)
     mean = total / count
     std = (total_sq / count - mean**2).clamp_min(1e-10).sqrt()
-    return mean.float(), std.float()
-
-
-def speech_frame_mean(
-    cuts: CutSet, is_speech: Callable[[torch.Tensor], torch.Tensor], max_cuts: Optional[int] = 2000
-) -> torch.Tensor:
-    """Per-bin mean ``(F,)`` over the frames ``is_speech`` ``((T, F) -> (T,) bool)`` keeps, in
-    (up to ``max_cuts``) cuts."""
-    total, count = 0.0, 0
-    for i, cut in enumerate(cuts):
-        if max_cuts is not None and i >= max_cuts:
-            break
-        feats = torch.from_numpy(cut.load_features()).double()
-        feats = feats[is_speech(feats)]
-        total = total + feats.sum(0)
-        count += feats.size(0)
-    if count == 0:
-        raise ValueError("no speech frames in the cuts")
-    return (total / count).float()
+    speech_mean = None
+    if is_speech is not None:
+        if speech_count == 0:
+            raise ValueError("no speech frames in the cuts")
+        speech_mean = (speech_total / speech_count).float()
+    return FeatureStatistics(mean.float(), std.float(), speech_mean)
 
 
 def batch_to_tensors(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
@@ -17,6 +17,15 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.search import search
 from nnaqat.decode.wer import Result
 from nnaqat.models.transducer import Transducer
+
+
+def named_manifests(specs: Sequence[str]) -> Dict[str, str]:
+    """``NAME=manifest`` command-line specs -> ``{NAME: manifest}``; a malformed spec is named."""
+    pairs = [spec.split("=", 1) for spec in specs]
+    bad = [s for s, p in zip(specs, pairs) if len(p) != 2 or not all(p)]
+    if bad:
+        raise SystemExit(f"expected NAME=manifest, got {bad}")
+    return dict(pairs)
 
 
 def cuts_from_wavs(paths: Sequence[Path | str]) -> CutSet:

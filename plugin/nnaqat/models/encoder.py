@@ -233,12 +233,10 @@ class LstmEncoder(nn.Module):
         features, state, front_state = self.front_end(x, x_lens, state)
         out = self.dropout(self.subsampling(features))
         out_lens = self.output_length(x_lens)
-        if state is None:
-            state = (x.new_zeros(self.num_layers, x.size(0), self.d_model),
-                     x.new_zeros(self.num_layers, x.size(0), self.hidden_size))
         new_h, new_c = [], []
         for i, layer in enumerate(self.layers):
-            y, (h, c) = layer(out, (state[0][i : i + 1], state[1][i : i + 1]))
+            # nn.LSTM starts from zeros when given no state.
+            y, (h, c) = layer(out, None if state is None else (state[0][i : i + 1], state[1][i : i + 1]))
             out = out + self.dropout(y)
             new_h.append(h)
             new_c.append(c)

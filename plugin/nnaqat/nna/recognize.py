@@ -1,7 +1,9 @@
-"""Decoding cut sets with the integer reference engine (``local/decode.py --engine integer``).
+"""Calibrating a converted model on cut sets, and decoding them with the integer reference
+engine (``local/decode.py --engine integer``).
 
-The model's float front-end (``FeatureNorm``) runs in torch, as it runs on the device's CPU;
-everything after it runs in the NumPy engine from the model's exported integers.
+The encoder's float front end (``LstmEncoder.front_end``: mean normalisation, band limit,
+per-bin normalisation) runs in torch, as it runs on the device's CPU; everything after it runs
+in the NumPy engine from the model's exported integers.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import torch
 from lhotse import CutSet
 
 from nnaqat.data.datamodule import batch_to_tensors, eval_dataloader
-from nnaqat.decode.streaming import features_of
 from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.streaming import features_of
 from nnaqat.decode.wer import Result
 from nnaqat.models.transducer import Transducer
 from nnaqat.nna.convert import calibrate, freeze_calibration
@@ -23,12 +25,14 @@ from nnaqat.nna.export import export_integer_model
 
 
 def calibrate_on_cuts(
-    model: Transducer, cuts: CutSet, tokenizer: Tokenizer, num_batches: int, max_duration: float
+    model: Transducer, cuts: CutSet, tokenizer: Tokenizer, num_batches: int, max_duration: float,
+    prune_range: int = 5,
 ) -> int:
     """Calibrates an ``nna_``-converted model on the first ``num_batches`` batches of ``cuts``
-    (with features) and freezes its ranges: the post-training integer model. Returns the batches used."""
+    (with features, unaugmented, in order) and freezes its ranges: before AAT training, or for
+    the post-training integer model. Returns the batches used."""
     batches = (batch_to_tensors(batch, tokenizer)[:4] for batch in eval_dataloader(cuts, max_duration))
-    count = calibrate(model, itertools.islice(batches, num_batches))
+    count = calibrate(model, itertools.islice(batches, num_batches), prune_range=prune_range)
     freeze_calibration(model)
     return count
 

@@ -218,6 +218,18 @@ def requantize_output(
     return saturate(np.rint(product + zero_point.astype(np.float32)).astype(np.int64), out_bits)
 
 
+def _check_overflow(overflow: str) -> None:
+    if overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+
+
+def _into_accumulator(total: np.ndarray, bias: ArrayLike | None, acc_bits: int, overflow: str) -> np.ndarray:
+    """Exact int64 sums plus ``bias``, saturated or wrapped to the ``acc_bits`` accumulator."""
+    if bias is not None:
+        total = total + _int64(bias, "bias")
+    return saturate(total, acc_bits) if overflow == "saturate" else wrap(total, acc_bits)
+
+
 def accumulate(
     x: ArrayLike,
     weight: ArrayLike,
@@ -240,13 +252,10 @@ def accumulate(
     Returns:
       int64 ``(..., N)``.
     """
-    if overflow not in OVERFLOWS:
-        raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+    _check_overflow(overflow)
     x, weight = _int64(x, "x"), _int64(weight, "weight")
     total = (x - _int64(x_zero_point, "x_zero_point")) @ weight.T
-    if bias is not None:
-        total = total + _int64(bias, "bias")
-    return saturate(total, acc_bits) if overflow == "saturate" else wrap(total, acc_bits)
+    return _into_accumulator(total, bias, acc_bits, overflow)
 
 
 def grouped_accumulate(
@@ -271,8 +280,7 @@ def grouped_accumulate(
     Returns:
       int64 ``(..., C_out)``.
     """
-    if overflow not in OVERFLOWS:
-        raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+    _check_overflow(overflow)
     windows, weight = _int64(windows, "windows"), _int64(weight, "weight")
     c_out, c_group, taps = weight.shape
     if windows.shape[-2:] != (taps, c_group * groups) or c_out % groups:
@@ -280,9 +288,7 @@ def grouped_accumulate(
     x = (windows - _int64(x_zero_point, "x_zero_point")).reshape(*windows.shape[:-1], groups, c_group)
     w = weight.reshape(groups, c_out // groups, c_group, taps)
     total = np.einsum("...kgc,gock->...go", x, w).reshape(*windows.shape[:-2], c_out)
-    if bias is not None:
-        total = total + _int64(bias, "bias")
-    return saturate(total, acc_bits) if overflow == "saturate" else wrap(total, acc_bits)
+    return _into_accumulator(total, bias, acc_bits, overflow)
 
 
 class AddParams(NamedTuple):
