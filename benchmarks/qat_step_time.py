@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--quantizers", nargs="+", default=["none", "uniform", "lsq", "s8bqat"])
     parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--max-duration", type=float, default=150.0)
+    parser.add_argument("--ste-forward", type=lambda v: v.lower() == "true", default=True,
+                        help="s8bqat forward through the snapped weights (true, as the recipe trains)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=3)
     args = parser.parse_args()
@@ -40,7 +42,7 @@ def main() -> None:
                 train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
                 lr=1e-3, warm_step=0, progress=False,
-                quant=QuantConfig(quantizer=name, weight_bits=args.weight_bits, compress_every=20),
+                quant=QuantConfig(quantizer=name, weight_bits=args.weight_bits, ste_forward=args.ste_forward),
             )
             trainers[name] = Trainer(config)
         batches = iter(next(iter(trainers.values())).train_dl)
@@ -55,7 +57,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - started)
     base = statistics.median(times[args.quantizers[0]])
     print(f"{args.steps} steps of the same real batches (max duration {args.max_duration} s), "
-          f"{torch.get_num_threads()} threads, {args.weight_bits}-bit weights")
+          f"{torch.get_num_threads()} threads, {args.weight_bits}-bit weights, s8bqat ste_forward={args.ste_forward}")
     print(f"| quantizer | median s/step | ratio to {args.quantizers[0]} |")
     print("|---|---|---|")
     for name, values in times.items():

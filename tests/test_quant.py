@@ -24,6 +24,7 @@ from nnaqat.quant import (
     resolve_bits,
 )
 from nnaqat.quant.fake_quant import fake_quantize, uniform_int8_levels
+from nnaqat.quant.mracos import mracos_and_grad
 
 SMALL_MODEL = {
     "vocab_size": 32,
@@ -118,6 +119,48 @@ def test_mracos_shape_zeros_maxima_and_gradient_direction():
     # Defined, finite and growing beyond the outermost centroids.
     far = mracos(torch.tensor([-10.0, -3.0, 4.0, 10.0]), c)
     assert torch.isfinite(far).all() and far[0] > far[1] > 1 and far[3] > far[2] > 1
+
+
+def test_mracos_closed_form_gradient_equals_autograd():
+    c = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    w = torch.cat([torch.linspace(-4, 5, 9001), c, (c[1:] + c[:-1]) / 2]).requires_grad_()
+    mracos(w, c).sum().backward()
+    value, grad = mracos_and_grad(w.detach(), c)
+    assert torch.allclose(value, mracos(w.detach(), c))
+    # |cos| has a kink at the thresholds: compare the derivative away from them.
+    smooth = (w.detach()[:, None] - (c[1:] + c[:-1]) / 2).abs().min(dim=1).values > 1e-4
+    assert torch.allclose(grad[smooth], w.grad[smooth], atol=1e-5)
+
+
+def test_s8bqat_penalty_gradient_is_that_of_lambda_mean_mracos():
+    """The closed-form gradient the trainer adds equals autograd through the loss term."""
+    torch.manual_seed(0)
+    model = build_transducer(SMALL_MODEL)
+    quantizer = quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=2, mracos_weight=3.0, mracos_ramp_batches=0))
+    names = list(quantizer.bits)
+    weights = [quantizer.latent(model, n) for n in names]
+    value = quantizer.penalty_backward(model, 1)
+    closed = [w.grad.clone() for w in weights]
+    for w in weights:
+        w.grad = None
+    term = 3.0 * sum(mracos(*quantizer.normalized(model, n)).sum() for n in names) / sum(w.numel() for w in weights)
+    term.backward()
+    assert value == pytest.approx(term.item(), rel=1e-5)
+    for name, w, g in zip(names, weights, closed):
+        assert torch.allclose(g, w.grad, rtol=1e-4, atol=1e-9), name
+
+
+@pytest.mark.parametrize("levels", [2, 4, 8, 9, 16, 256])
+def test_nearest_index_is_brute_force_nearest_with_ties_up(levels):
+    """Both paths (threshold counting for small codebooks, bucketize for large ones)."""
+    torch.manual_seed(levels)
+    c = torch.sort(torch.randperm(255)[:levels] - 127.0).values
+    midpoints = (c[1:] + c[:-1]) / 2
+    w = torch.cat([torch.randn(5000) * 60, c, midpoints, torch.tensor([-500.0, 500.0])])
+    distance = (w[:, None] - c[None, :]).abs()
+    # Nearest centroid; on an exact tie the upper one (the last of the minima).
+    brute = distance.size(1) - 1 - distance.flip(1).argmin(dim=1)
+    assert torch.equal(nearest_index(w, c), brute)
 
 
 def test_hard_compress_is_nearest_and_idempotent():
@@ -246,12 +289,12 @@ def test_s8bqat_schedule_and_periodic_compression():
     model = build_transducer(SMALL_MODEL)
     config = QuantConfig(quantizer="s8bqat", weight_bits=2, mracos_weight=2.0, mracos_ramp_batches=10, compress_every=5)
     quantizer = quantize_(model, config)
-    assert quantizer.penalty(model, 0) is None
+    assert quantizer.penalty_backward(model, 0) is None
     assert quantizer.mracos_weight(5) == pytest.approx(1.0) and quantizer.mracos_weight(50) == pytest.approx(2.0)
-    assert quantizer.penalty(model, 10).item() > 0
+    assert quantizer.penalty_backward(model, 10) > 0
     quantizer.after_step(model, 4)
     with pytest.raises(AssertionError):
         quantizer.check_on_codebook(model)
     quantizer.after_step(model, 5)
     quantizer.check_on_codebook(model)
-    assert quantizer.penalty(model, 10).item() == pytest.approx(0.0, abs=1e-6)
+    assert quantizer.penalty_backward(model, 10) == pytest.approx(0.0, abs=1e-6)

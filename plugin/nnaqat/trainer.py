@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.utils.parametrize as parametrize
 from lhotse import load_manifest_lazy
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
@@ -218,8 +219,8 @@ class Trainer:
 
     # ---- loop ----
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, Dict[str, float]]:
-        """Training loss of one batch (mean over utterances with finite losses, plus the
-        quantizer's penalty) and its statistics."""
+        """Training loss of one batch (mean over utterances with finite losses) and its
+        statistics; the quantizer's penalty joins in :meth:`train_step`."""
         x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
         simple, pruned = self.ddp_model(
             x, x_lens, y, y_lens, prune_range=self.config.prune_range,
@@ -235,25 +236,26 @@ class Trainer:
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
         pruned_mean = torch.where(finite, pruned, 0.0).sum() / num
         loss = self.config.simple_loss_scale * simple_mean + scale * pruned_mean
-        penalty = self.quantizer.penalty(self.model, self.batch_idx_train) if self.quantizer else None
-        if penalty is not None:
-            loss = loss + penalty
         frames = float(self.model.encoder.output_length(x_lens[finite]).sum())
         stats = {
             "utterances": float(finite.sum()),
             "simple_loss": simple_mean.item(),
             "pruned_loss": pruned_mean.item(),
             "loss_per_frame": pruned[finite].sum().item() / frames if frames > 0 else float("nan"),
-            "penalty": penalty.item() if penalty is not None else 0.0,
         }
         return loss, stats
 
     def train_step(self, batch: dict) -> Dict[str, float]:
-        """One update: loss, backward, clipped optimizer step, schedule, quantizer hook."""
-        loss, stats = self.compute_loss(batch)
+        """One update: loss, backward (and the quantizer's penalty), clipped optimizer step,
+        schedule, quantizer hook."""
+        with parametrize.cached():  # fake-quantized weights computed once per step (nn.LSTM reads them twice)
+            loss, stats = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
+        stats["penalty"] = 0.0
         if stats["utterances"] > 0:
             loss.backward()
+            if self.quantizer is not None:
+                stats["penalty"] = self.quantizer.penalty_backward(self.model, self.batch_idx_train) or 0.0
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
         self.scheduler.step()

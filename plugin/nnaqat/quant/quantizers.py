@@ -2,7 +2,7 @@
 
 A quantizer is an ``nn.Module`` attached to the model by :func:`nnaqat.quant.quantize_`; its
 state (centroids, learned step sizes, final scales) is part of the model's state dict, so it
-travels with checkpoints. The trainer calls :meth:`penalty` and :meth:`after_step`; decoding and
+travels with checkpoints. The trainer calls :meth:`penalty_backward` and :meth:`after_step`; decoding and
 export call :meth:`finalize`, after which every quantized weight is exactly
 ``levels[indices] * scale`` (:meth:`quantized` returns that form).
 """
@@ -27,7 +27,7 @@ from nnaqat.quant.fake_quant import (
     uniform_int8_levels,
 )
 from nnaqat.quant.lloyd_max import lloyd_max
-from nnaqat.quant.mracos import mracos
+from nnaqat.quant.mracos import mracos_and_grad
 from nnaqat.registry import register
 
 
@@ -83,8 +83,10 @@ class WeightQuantizer(nn.Module):
         owner = model.get_submodule(module)
         return owner.parametrizations[attr].original if parametrize.is_parametrized(owner, attr) else getattr(owner, attr)
 
-    def penalty(self, model: nn.Module, step: int) -> Optional[torch.Tensor]:
-        """A regularization term to add to the training loss, or None."""
+    def penalty_backward(self, model: nn.Module, step: int) -> Optional[float]:
+        """Adds the gradient of the quantizer's regularization term (a term of the training
+        loss) to the trained weights' ``.grad``, after the loss's backward pass and before
+        clipping and the optimizer step. Returns the term's value, or None without one."""
         return None
 
     def after_step(self, model: nn.Module, step: int) -> None:
@@ -231,12 +233,26 @@ class S8bqatQuantizer(WeightQuantizer):
         ramp = self.config.mracos_ramp_batches
         return self.config.mracos_weight * (min(1.0, step / ramp) if ramp > 0 else 1.0)
 
-    def penalty(self, model: nn.Module, step: int) -> Optional[torch.Tensor]:
+    def penalty_backward(self, model: nn.Module, step: int) -> Optional[float]:
+        """``lambda * mean MRACos`` over every quantized weight (in int8 units), its gradient in
+        closed form: autograd through the penalty cost more than half an fp32 training step."""
         weight = self.mracos_weight(step)
         if weight == 0:
             return None
-        total = sum(mracos(*self.normalized(model, n)).sum() for n in self.bits)
-        return weight * total / sum(self.latent(model, n).numel() for n in self.bits)
+        count = sum(self.latent(model, n).numel() for n in self.bits)
+        total = 0.0
+        for name in self.bits:
+            latent = self.latent(model, name)
+            levels, scale = self.codebook(name)
+            s = scale if scale.dim() == 0 else channel_view(scale, latent)
+            value, grad = mracos_and_grad(latent.detach() / s, levels.float())
+            total += float(value.sum())
+            grad = grad.div_(s).mul_(weight / count)
+            if latent.grad is None:
+                latent.grad = grad
+            else:
+                latent.grad.add_(grad)
+        return weight * total / count
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """The hard compressor: every ``compress_every`` steps the float weights are snapped."""
@@ -265,7 +281,7 @@ class CodebookSnap(nn.Module):
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
         levels, scale = self.codebook()
         s = scale if scale.dim() == 0 else channel_view(scale, weights)
-        snapped = levels.float()[nearest_index(weights / s, levels.float())] * s
+        snapped = torch.take(levels.float(), nearest_index(weights / s, levels.float())) * s
         return straight_through(snapped, weights)
 
 
