@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Exports a model for sherpa-onnx (streaming LSTM transducer contract): fp32, and icefall's
-post-training int8 (ONNX Runtime dynamic quantization) as the baseline:
+"""Exports a model for sherpa-onnx (streaming LSTM transducer contract): fp32; for a
+quantization-aware checkpoint also int8-qat (its codebook weights stored as int8 values and
+scales, dequantized by ``DequantizeLinear``); and icefall's post-training int8 (ONNX Runtime
+dynamic quantization) as the baseline:
 
   local/export_onnx.py --exp-dir exp/fp32 --epoch 8 --avg 2 --tokens data/lang_bpe_32/tokens.txt \\
       --out-dir exp/fp32/onnx --chunk-frames 2 --check-cuts data/fbank/fsdd_cuts_dev.jsonl.gz
 
-Writes OUT_DIR/{encoder,decoder,joiner}.onnx, *.int8.onnx and tokens.txt. With --check-cuts, runs
+Writes OUT_DIR/{encoder,decoder,joiner}.onnx, *.int8-qat.onnx, *.int8.onnx and tokens.txt. With --check-cuts, runs
 PyTorch and ONNX Runtime side by side on real features, chunk by chunk with carried states,
 prints the largest differences and writes them to OUT_DIR/parity.json; fp32 logits that differ
 by more than --max-logit-diff make the export fail.
@@ -41,10 +43,13 @@ def main() -> None:
     args = get_args()
     model, _ = load_model_from_args(args)
     variants = {"fp32": export_onnx(model, args.tokens, args.out_dir, args.chunk_frames)}
+    if getattr(model, "quantizer", None) is not None and model.quantizer.quantized(model):
+        variants["int8-qat"] = export_onnx(model, args.tokens, args.out_dir, args.chunk_frames, precision="int8-qat")
     if not args.no_int8:
         variants["int8"] = quantize_int8(variants["fp32"])
     for name, files in variants.items():
-        quantized = {op: n for op, n in count_ops(files.encoder).items() if op in ("MatMulInteger", "MatMul", "LSTM")}
+        quantized = {op: n for op, n in count_ops(files.encoder).items()
+                     if op in ("MatMulInteger", "MatMul", "LSTM", "DequantizeLinear")}
         names = ", ".join(p.name for p in files.models())
         print(f"{name}: {files.total_bytes():,} bytes ({names}); encoder ops {quantized}")
     if args.check_cuts is None:

@@ -22,14 +22,14 @@ from nnaqat.data.features import SAMPLING_RATE
 from nnaqat.decode.wer import write_error_stats, write_recogs
 from nnaqat.decode.dataset import named_manifests
 from nnaqat.decode.search import add_search_arguments
-from nnaqat.export.onnx import OnnxFiles, read_metadata
+from nnaqat.export.onnx import PRECISIONS, OnnxFiles, read_metadata
 from nnaqat.export.sherpa import decode_with_sherpa
 
 
 def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx-dir", type=Path, required=True)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     parser.add_argument("--exp-dir", type=Path, required=True)
     parser.add_argument("--cuts", nargs="+", required=True, help="NAME=manifest.jsonl.gz of cuts with audio")
     add_search_arguments(parser)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from nnaqat.export.onnx import EncoderForOnnx, OnnxFiles, count_ops, export_onnx
 from nnaqat.export.ort import OrtTransducer, parity
 from nnaqat.export.sherpa import check_model_files, decode_with_sherpa, transcribe_with_sherpa
 from nnaqat.models import Transducer, TransducerConfig
+from nnaqat.quant import QuantConfig, quantize_
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK_FRAMES = 2
@@ -108,6 +110,43 @@ def test_post_training_int8_is_icefalls_dynamic_quantization(exported, small_mod
     assert int8.total_bytes() < 0.7 * fp32.total_bytes()
     report = parity(small_model, OrtTransducer(int8), dev_features)
     assert 1e-3 < report.logit < 1.0  # really quantized, and still the same model
+
+
+@pytest.fixture(scope="module")
+def qat_model(small_model):
+    """The small model with 4-bit S8BQAT codebooks (Lloyd-Max rounding), as a QAT checkpoint loads."""
+    model = copy.deepcopy(small_model)
+    quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=4)).finalize(model)
+    return model.eval()
+
+
+def test_quantization_aware_int8_stores_the_codebook_weights(qat_model, tiny_data, tmp_path, dev_features):
+    files = export_onnx(qat_model, tiny_data.bpe_model.parent / "tokens.txt", tmp_path, CHUNK_FRAMES, "int8-qat")
+    assert files.encoder.name == "encoder.int8-qat.onnx"
+    quantized = qat_model.quantizer.quantized(qat_model)
+    stored = {}
+    for path in files.models():
+        graph = onnx.load(str(path)).graph
+        int8 = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+        for node in graph.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] in int8:
+                stored[node.input[0]] = int8[node.input[0]]
+        assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.dims
+                    and np.prod(i.dims) >= 1024], f"{path.name} still holds large float weights"
+    # Every quantized weight is stored once, as exactly its codebook's int8 values.
+    assert len(stored) == len(quantized)
+    expected = sorted(tuple(np.sort(q.levels[q.indices].numpy().ravel())) for q in quantized.values())
+    assert sorted(tuple(np.sort(v.ravel())) for v in stored.values()) == expected
+    fp32_bytes = sum(p.numel() * 4 for p in qat_model.parameters())
+    assert files.total_bytes() < 0.4 * fp32_bytes
+    # As written, the graphs compute what PyTorch computes with those weights.
+    report = parity(qat_model, OrtTransducer(files, optimize=False), dev_features)
+    assert report.logit <= 1e-4 and report.argmax_agree == report.frames, report
+
+
+def test_int8_qat_export_needs_a_quantized_model(small_model, tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="quantization-aware"):
+        export_onnx(small_model, tiny_data.bpe_model.parent / "tokens.txt", tmp_path, CHUNK_FRAMES, "int8-qat")
 
 
 def test_export_rejects_what_sherpa_onnx_cannot_run(tmp_path, tiny_data):

@@ -1,4 +1,5 @@
-"""ONNX export in sherpa-onnx's streaming LSTM transducer contract, and icefall's post-training int8.
+"""ONNX export in sherpa-onnx's streaming LSTM transducer contract: fp32, quantization-aware int8
+(our codebook weights stored as int8), and icefall's post-training int8.
 
 ``encoder.onnx``: inputs by position ``x (N, T, 80)``, ``state0 (L, N, d_model)``, ``state1 (L, N,
 hidden)``; outputs ``encoder_out (N, k, joiner_dim)`` (through the joiner's encoder projection),
@@ -11,22 +12,26 @@ hidden)``; outputs ``encoder_out (N, k, joiner_dim)`` (through the joiner's enco
 
 from __future__ import annotations
 
+import copy
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import onnx
 import torch
+import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES, ChunkGeometry
 from nnaqat.models.predictor import StatelessPredictor
 from nnaqat.models.transducer import Transducer
+from nnaqat.quant.quantizers import QuantizedTensor
 
-OPSET = 13
-PRECISIONS = ("fp32", "int8")
+OPSET = 13  # DequantizeLinear with per-axis scales needs 13
+# fp32; int8-qat: a quantization-aware model's weights as int8 + scales; int8: icefall's post-training
+PRECISIONS = ("fp32", "int8-qat", "int8")
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,12 @@ class OnnxFiles:
 
     @classmethod
     def in_dir(cls, directory: Path | str, precision: str = "fp32") -> "OnnxFiles":
-        """``{encoder,decoder,joiner}.onnx`` (fp32) or ``*.int8.onnx`` (icefall's naming), and ``tokens.txt``."""
+        """``{encoder,decoder,joiner}.onnx`` (fp32), ``*.int8.onnx`` (icefall's naming) or
+        ``*.int8-qat.onnx``, and ``tokens.txt``."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         d = Path(directory)
-        suffix = ".onnx" if precision == "fp32" else ".int8.onnx"
+        suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
         return cls(d / f"encoder{suffix}", d / f"decoder{suffix}", d / f"joiner{suffix}", d / "tokens.txt")
 
     def models(self) -> Tuple[Path, Path, Path]:
@@ -135,19 +141,70 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs, outputs, dynamic
         )
 
 
+class _DequantizeLinear(torch.autograd.Function):
+    """``q * scale`` (scale per tensor, or per slice of dim 0) in PyTorch; ONNX's
+    ``DequantizeLinear(q, scale, 0, axis=0)`` in the exported graph."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return q.float() * (scale if scale.dim() == 0 else scale.reshape(-1, *([1] * (q.dim() - 1))))
+
+    @staticmethod
+    def symbolic(g, q, scale):
+        zero_point = g.op("Constant", value_t=torch.zeros(scale.type().sizes(), dtype=torch.int8))
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=0)
+
+
+class _Int8Weight(nn.Module):
+    """Parametrization replacing a weight by its int8 values and scales (the stored form)."""
+
+    def __init__(self, quantized: QuantizedTensor) -> None:
+        super().__init__()
+        self.register_buffer("q", quantized.levels[quantized.indices].to(torch.int8))
+        self.register_buffer("scale", quantized.scale.float())
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return _DequantizeLinear.apply(self.q, self.scale)
+
+
+def with_int8_weights(model: Transducer) -> Transducer:
+    """A copy of a quantization-aware model whose quantized weights are int8 tensors and scales,
+    dequantized where they are used (exported as int8 initializers and ``DequantizeLinear``)."""
+    quantizer = getattr(model, "quantizer", None)
+    quantized: Dict[str, QuantizedTensor] = quantizer.quantized(model) if quantizer is not None else {}
+    if not quantized:
+        raise ValueError("int8-qat export needs a quantization-aware model (a checkpoint trained with --quantizer)")
+    model = copy.deepcopy(model)
+    for name, q in quantized.items():
+        if not torch.equal(q.dequantize(), model.get_parameter(name).detach()):
+            raise ValueError(f"{name} is not on its codebook: finalize the quantizer first")
+        module, _, attr = name.rpartition(".")
+        parametrize.register_parametrization(model.get_submodule(module), attr, _Int8Weight(q), unsafe=True)
+    return model
+
+
 @torch.no_grad()
 def export_onnx(
-    model: Transducer, tokens: Path | str, out_dir: Path | str, chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    model: Transducer,
+    tokens: Path | str,
+    out_dir: Path | str,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    precision: str = "fp32",
 ) -> OnnxFiles:
-    """Writes fp32 ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx`` and ``tokens.txt`` to ``out_dir``.
+    """Writes ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx`` and ``tokens.txt`` to ``out_dir``.
 
     Args:
       model: a transducer with the LSTM encoder (no projection) and the stateless predictor.
       tokens: the recipe's ``tokens.txt`` (copied).
       chunk_frames: encoder frames per sherpa-onnx chunk (sets ``T`` and ``decode_chunk_len``).
+      precision: ``fp32``, or ``int8-qat`` for a quantization-aware model: its quantized weights
+        stored as their int8 values and scales (``*.int8-qat.onnx``), bit-for-bit the weights it
+        was trained and decoded with.
     Raises:
       ValueError: a model part that the sherpa-onnx LSTM contract cannot express.
     """
+    if precision not in ("fp32", "int8-qat"):
+        raise ValueError(f"export_onnx writes fp32 or int8-qat, not {precision!r} (see quantize_int8)")
     if not isinstance(model.predictor, StatelessPredictor):
         raise ValueError(
             f"sherpa-onnx's transducer contract needs a stateless predictor, not {type(model.predictor).__name__}"
@@ -159,8 +216,8 @@ def export_onnx(
         raise FileNotFoundError(f"tokens file not found: {tokens}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = OnnxFiles.in_dir(out_dir)
-    model = model.eval()
+    files = OnnxFiles.in_dir(out_dir, precision)
+    model = (with_int8_weights(model) if precision == "int8-qat" else model).eval()
     geometry = ChunkGeometry.of(model, chunk_frames)
     encoder = model.encoder
     batch = 2  # any; the batch axis is dynamic

@@ -13,21 +13,27 @@ from nnaqat.export.onnx import DecoderForOnnx, EncoderForOnnx, JoinerForOnnx, On
 from nnaqat.models.transducer import Transducer
 
 
-def _session(path, num_threads: int) -> ort.InferenceSession:
+def _session(path, num_threads: int, optimize: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = num_threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OrtTransducer:
-    """Encoder, decoder and joiner sessions, called as sherpa-onnx calls them (inputs by position)."""
+    """Encoder, decoder and joiner sessions, called as sherpa-onnx calls them (inputs by position).
 
-    def __init__(self, files: OnnxFiles, num_threads: int = 1) -> None:
+    ``optimize=False`` runs the graphs as written: ONNX Runtime's default optimizations fuse
+    ``DequantizeLinear`` + ``MatMul`` into int8 kernels that also quantize the activations.
+    """
+
+    def __init__(self, files: OnnxFiles, num_threads: int = 1, optimize: bool = True) -> None:
         self.files = files
-        self.encoder = _session(files.encoder, num_threads)
-        self.decoder = _session(files.decoder, num_threads)
-        self.joiner = _session(files.joiner, num_threads)
+        self.encoder = _session(files.encoder, num_threads, optimize)
+        self.decoder = _session(files.decoder, num_threads, optimize)
+        self.joiner = _session(files.joiner, num_threads, optimize)
         meta = read_metadata(files.encoder)
         self.chunk_size = int(meta["T"])
         self.chunk_shift = int(meta["decode_chunk_len"])
