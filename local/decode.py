@@ -27,11 +27,7 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts, named_manifests
 from nnaqat.decode.search import add_search_arguments
 from nnaqat.decode.wer import write_error_stats, write_recogs
-from nnaqat.nna import NnaSpec
-from nnaqat.nna.convert import nna_
-from nnaqat.nna.recognize import calibrate_on_cuts, integer_decode_cuts
-from nnaqat.quant import quantize_
-from nnaqat.quant.config import add_post_training_arguments, post_training_config
+from nnaqat.nna.recognize import add_post_training_conversion_arguments, convert_after_training, integer_decode_cuts
 
 
 def get_args() -> argparse.Namespace:
@@ -47,10 +43,7 @@ def get_args() -> argparse.Namespace:
                         help="integer: the NumPy integer reference engine (NNA checkpoints, greedy search)")
     parser.add_argument("--chunk-frames", type=int, default=0,
                         help="integer engine: stream in chunks of this many encoder frames (0: whole utterances)")
-    parser.add_argument("--nna-spec", type=Path, help="convert an fp32 checkpoint to this NNA after training")
-    parser.add_argument("--calibration-cuts", type=Path, help="with --nna-spec: manifest whose first batches calibrate")
-    parser.add_argument("--calibration-batches", type=int, default=20)
-    add_post_training_arguments(parser)
+    add_post_training_conversion_arguments(parser)
     return parser.parse_args()
 
 
@@ -63,27 +56,8 @@ def main() -> None:
         suffix += f"-beam-{args.beam_size}"
     if args.blank_penalty:
         suffix += f"-blank-penalty-{args.blank_penalty:g}"
-    if args.nna_spec:  # before the quantizer: it wraps the emulated layers' weights
-        if getattr(model, "nna_spec", None) is not None:
-            raise SystemExit("--nna-spec: the checkpoint already emulates an NNA")
-        if not args.calibration_cuts:
-            raise SystemExit("--nna-spec needs --calibration-cuts")
-        nna_(model, NnaSpec.from_yaml(args.nna_spec))
-        suffix += f"-nna-{args.nna_spec.stem}"
-    if args.quantizer != "none":
-        if getattr(model, "quantizer", None) is not None:
-            raise SystemExit(f"{args.checkpoint or args.exp_dir} is already quantized ({model.quantizer.config.quantizer})")
-        quantizer = quantize_(model, post_training_config(args))
-        quantizer.finalize(model)
-        quantizer.check_on_codebook(model)
-    if getattr(model, "quantizer", None) is not None:
-        logging.info("%s: all %d quantized tensors lie exactly on their codebooks", model.quantizer.config.quantizer,
-                     len(model.quantizer.bits))
     tokenizer = Tokenizer(args.bpe_model)
-    if args.nna_spec:
-        used = calibrate_on_cuts(model, load_manifest_lazy(args.calibration_cuts).to_eager(), tokenizer,
-                                 args.calibration_batches, args.max_duration)
-        logging.info("NNA ranges calibrated on %d batches of %s", used, args.calibration_cuts)
+    suffix += convert_after_training(model, args, tokenizer, args.max_duration)
     if args.engine == "integer":
         if getattr(model, "nna_spec", None) is None:
             raise SystemExit("--engine integer needs an NNA checkpoint (trained with --nna-spec) or --nna-spec")

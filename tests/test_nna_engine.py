@@ -26,6 +26,7 @@ from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
 from nnaqat.nna.engine import IntegerTransducer
 from nnaqat.nna.export import export_integer_model
 from nnaqat.nna.integer_model import VERSION, load_integer_model, save_integer_model, to_arrays
+from nnaqat.quant import QuantConfig, quantize_
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = {name: NnaSpec.from_yaml(REPO / f"egs/fsdd/conf/nna/{name}.yaml") for name in ("int8", "harsh")}
@@ -179,6 +180,29 @@ def test_integer_model_file_round_trip_and_version(converted, tmp_path):
         load_integer_model(tmp_path / "future.npz")
 
 
+def test_sub8bit_side_car_stores_k_bit_indices_and_decodes_the_same(small_checkpoint, calibration_batches, dev, tmp_path):
+    """AAT + 2-bit S8BQAT: every weight tensor goes into the side-car as 2-bit indices into int8
+    codebooks (the NNA's per-channel weight scales keep at most 4 codes per row), and the
+    engine loaded from the file gives the hypotheses of the engine built in memory."""
+    model = load_model([small_checkpoint])
+    nna_(model, SPECS["int8"])
+    quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=2)).finalize(model)
+    calibrate(model, calibration_batches)
+    freeze_calibration(model)
+    integer = export_integer_model(model.eval())
+    path = tmp_path / "model.npz"
+    report = save_integer_model(integer, path)
+    assert report.index_bits and set(report.index_bits.values()) <= {1, 2}, report.index_bits
+    assert report.weights < 0.3 * report.weight_count  # 2 bits per weight plus codebooks, not 8
+    assert path.stat().st_size < 0.5 * report.weight_count  # with the .npz headers, still half of int8 weights alone
+    _, _, x, x_lens = dev
+    with torch.no_grad():
+        features = model.encoder.feature_norm(x)
+    loaded, in_memory = IntegerTransducer.load(path), IntegerTransducer(integer)
+    for i, length in enumerate(x_lens.tolist()[:8]):
+        assert loaded.decode(features[i, :length].numpy()) == in_memory.decode(features[i, :length].numpy())
+
+
 def test_converted_checkpoint_rebuilds_the_same_integers(converted, small_checkpoint):
     """A converted model's state dict, loaded into a freshly converted float model, exports the
     same integers (how training checkpoints of an emulated model come back)."""
@@ -206,3 +230,18 @@ def test_nna_refuses_models_it_cannot_emulate(small_checkpoint):
     projected = build_transducer(TransducerConfig(vocab_size=8, encoder_kwargs={"hidden_size": 16, "proj_size": 8}))
     with pytest.raises(ValueError, match="projections"):
         nna_(projected, SPECS["int8"])
+
+
+def test_export_nna_script_writes_a_side_car_the_engine_loads(small_checkpoint, tiny_data, tmp_path):
+    out = tmp_path / "model.nna.npz"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "local/export_nna.py"), "--checkpoint", str(small_checkpoint),
+         "--nna-spec", str(REPO / "egs/fsdd/conf/nna/int8.yaml"), "--calibration-cuts", str(tiny_data.train),
+         "--calibration-batches", "2", "--bpe-model", str(tiny_data.bpe_model), "--out", str(out),
+         "--quantizer", "s8bqat", "--weight-bits", "3"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "read back exactly" in done.stdout and "index bits per tensor" in done.stdout, done.stdout
+    engine = IntegerTransducer.load(out)
+    assert engine.model.spec == SPECS["int8"]
+

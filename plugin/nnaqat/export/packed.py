@@ -19,28 +19,13 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from nnaqat.bitpack import pack_indices, unpack_indices
 from nnaqat.models.transducer import Transducer, build_transducer
 from nnaqat.quant.config import TRAINING_ONLY
 from nnaqat.quant.quantizers import QuantizedTensor
 
 MAGIC = b"NNAQPACK"
 VERSION = 1
-
-
-def pack_indices(indices: np.ndarray, bits: int) -> bytes:
-    """Packs non-negative integers ``< 2**bits`` into ``ceil(n * bits / 8)`` bytes, LSB first."""
-    indices = np.asarray(indices).reshape(-1).astype(np.uint16)
-    if indices.size and int(indices.max()) >= 2**bits:
-        raise ValueError(f"index {int(indices.max())} does not fit in {bits} bits")
-    bit_planes = (indices[:, None] >> np.arange(bits, dtype=np.uint16)) & 1  # (n, bits)
-    return np.packbits(bit_planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
-
-
-def unpack_indices(data: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_indices`: ``count`` indices as int64."""
-    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little", count=count * bits)
-    planes = flat.reshape(count, bits).astype(np.int64)
-    return (planes << np.arange(bits, dtype=np.int64)).sum(axis=1)
 
 
 @dataclass

@@ -19,9 +19,10 @@ from nnaqat.nna import reference as ref
 from nnaqat.nna.lut import Lut
 from nnaqat.nna.reference_lstm import GateLuts, LstmParams
 from nnaqat.nna.spec import NnaSpec
+from nnaqat.nna.storage import StorageReport, decode_arrays, encode_arrays
 
 FORMAT = "nnaqat-nna-integer-model"
-VERSION = 1
+VERSION = 2  # 2: weights as K-bit codebook indices, integers in their narrowest type
 
 
 class AddOpParams(NamedTuple):
@@ -145,13 +146,17 @@ def from_arrays(arrays: Dict[str, np.ndarray]) -> IntegerModel:
     return IntegerModel(**{name: _unflatten(hints[name], name, arrays, spec) for name in IntegerModel._fields})
 
 
-def save_integer_model(model: IntegerModel, path: Union[str, Path]) -> None:
-    """Writes ``model`` as an uncompressed ``.npz``."""
+def save_integer_model(model: IntegerModel, path: Union[str, Path]) -> StorageReport:
+    """Writes ``model`` as an uncompressed ``.npz`` side-car: weights as K-bit indices into int8
+    codebooks where that is smaller (see :mod:`nnaqat.nna.storage`), every other integer in its
+    narrowest type. Returns the bytes per kind of array."""
+    stored, report = encode_arrays(to_arrays(model))
     with open(path, "wb") as f:
-        np.savez(f, **to_arrays(model))
+        np.savez(f, **stored)
+    return report
 
 
 def load_integer_model(path: Union[str, Path]) -> IntegerModel:
     """Reads a file of :func:`save_integer_model` (no pickled objects are loaded)."""
     with np.load(path, allow_pickle=False) as data:
-        return from_arrays({key: data[key] for key in data.files})
+        return from_arrays(decode_arrays({key: data[key] for key in data.files}))

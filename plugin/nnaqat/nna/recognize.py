@@ -8,20 +8,26 @@ in the NumPy engine from the model's exported integers.
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import logging
+from pathlib import Path
 from typing import Iterable, List, Optional
 
 import torch
-from lhotse import CutSet
+from lhotse import CutSet, load_manifest_lazy
 
 from nnaqat.data.datamodule import batch_to_tensors, eval_dataloader
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.streaming import features_of
 from nnaqat.decode.wer import Result
 from nnaqat.models.transducer import Transducer
-from nnaqat.nna.convert import calibrate, freeze_calibration
+from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
 from nnaqat.nna.engine import IntegerTransducer
 from nnaqat.nna.export import export_integer_model
+from nnaqat.nna.spec import NnaSpec
+from nnaqat.quant import quantize_
+from nnaqat.quant.config import add_post_training_arguments, post_training_config
 
 
 def calibrate_on_cuts(
@@ -52,3 +58,46 @@ def integer_decode_cuts(
         tokens = engine.decode(normalised, chunk_frames)
         results.append((cut.id, cut.supervisions[0].text.split(), tokenizer.decode(tokens).split()))
     return results
+
+
+def add_post_training_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--nna-spec --calibration-cuts --calibration-batches`` and the post-training quantizer
+    flags: how a script turns a trained checkpoint into a post-training integer/quantized model."""
+    parser.add_argument("--nna-spec", type=Path, help="convert an fp32 checkpoint to this NNA after training")
+    parser.add_argument("--calibration-cuts", type=Path, help="with --nna-spec: manifest whose first batches calibrate")
+    parser.add_argument("--calibration-batches", type=int, default=20)
+    add_post_training_arguments(parser)
+
+
+def convert_after_training(
+    model: Transducer, args: argparse.Namespace, tokenizer: Tokenizer, max_duration: float
+) -> str:
+    """Applies :func:`add_post_training_conversion_arguments` flags to a loaded model (in place):
+    NNA conversion (before the quantizer, which wraps the emulated layers' weights), post-training
+    quantization, then calibration. Returns a suffix naming what was done (may be empty)."""
+    suffix = ""
+    if args.nna_spec:
+        if getattr(model, "nna_spec", None) is not None:
+            raise SystemExit("--nna-spec: the checkpoint already emulates an NNA")
+        if not args.calibration_cuts:
+            raise SystemExit("--nna-spec needs --calibration-cuts")
+        if getattr(model, "quantizer", None) is not None:
+            # A quantization-aware checkpoint loads finalized: its weights are plain codebook
+            # values, which the NNA's weight quantization takes like any others.
+            model.quantizer = None
+        nna_(model, NnaSpec.from_yaml(args.nna_spec))
+        suffix += f"-nna-{args.nna_spec.stem}"
+    if args.quantizer != "none":
+        if getattr(model, "quantizer", None) is not None:
+            raise SystemExit(f"the checkpoint is already quantized ({model.quantizer.config.quantizer})")
+        quantizer = quantize_(model, post_training_config(args))
+        quantizer.finalize(model)
+        quantizer.check_on_codebook(model)
+    if getattr(model, "quantizer", None) is not None:
+        logging.info("%s: all %d quantized tensors lie exactly on their codebooks", model.quantizer.config.quantizer,
+                     len(model.quantizer.bits))
+    if args.nna_spec:
+        used = calibrate_on_cuts(model, load_manifest_lazy(args.calibration_cuts).to_eager(), tokenizer,
+                                 args.calibration_batches, max_duration)
+        logging.info("NNA ranges calibrated on %d batches of %s", used, args.calibration_cuts)
+    return suffix

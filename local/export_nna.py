@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Writes the side-car an NNA toolchain takes: the integer model the reference engine runs, with
+sub-8-bit weights as K-bit indices into int8 codebooks, requantization multipliers and shifts,
+zero points, LUTs and the spec (versioned ``.npz``, no pickles), and prints its size report.
+
+  # a model trained with --nna-spec (AAT, with or without a quantizer):
+  local/export_nna.py --exp-dir exp/aat --epoch 2 --avg 1 --out exp/aat/model.nna.npz
+  # the post-training integer model of an fp32 checkpoint:
+  local/export_nna.py --checkpoint exp/fp32/pretrained.pt --nna-spec conf/nna/int8.yaml \\
+      --calibration-cuts data/fbank/fsdd_cuts_train.jsonl.gz --bpe-model data/lang_bpe_32/bpe.model \\
+      --out exp/fp32/model.nna.npz
+
+``nnaqat.nna.engine.IntegerTransducer.load(OUT)`` rebuilds the integer model from the file. The
+float front end (band limit, mean and variance normalisation) is not in it: it runs on the CPU
+before the first quantization, from the checkpoint.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from nnaqat.checkpoint import add_model_arguments, load_model_from_args
+from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.nna.export import export_integer_model
+from nnaqat.nna.integer_model import load_integer_model, save_integer_model, to_arrays
+from nnaqat.nna.recognize import add_post_training_conversion_arguments, convert_after_training
+
+
+def get_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="side-car to write (.npz)")
+    parser.add_argument("--bpe-model", type=Path, help="needed with --calibration-cuts")
+    parser.add_argument("--max-duration", type=float, default=300.0)
+    add_post_training_conversion_arguments(parser)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = get_args()
+    model, _ = load_model_from_args(args)
+    if args.calibration_cuts and not args.bpe_model:
+        raise SystemExit("--calibration-cuts needs --bpe-model")
+    convert_after_training(model, args, Tokenizer(args.bpe_model) if args.bpe_model else None, args.max_duration)
+    if getattr(model, "nna_spec", None) is None:
+        raise SystemExit("not an NNA model: give a checkpoint trained with --nna-spec, or --nna-spec and --calibration-cuts")
+    integer = export_integer_model(model.eval())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = save_integer_model(integer, args.out)
+    expected, loaded = to_arrays(integer), to_arrays(load_integer_model(args.out))
+    if expected.keys() != loaded.keys() or any((expected[k] != loaded[k]).any() for k in expected):
+        raise SystemExit(f"{args.out} does not read back to the exported integers")
+    print(f"{args.out}: {args.out.stat().st_size:,} bytes on disk (read back exactly)")
+    print(report.table())
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    main()
