@@ -94,16 +94,22 @@ def main() -> None:
             seconds = f"{sum(times) / len(times):.0f}" if times else "?"
             if state["history"]:
                 plot_history(state["history"], exp_dir / "loss-curve.png")
-        for summary in sorted(exp_dir.glob("*/wer-summary-*.txt")):
+        for summary in sorted(exp_dir.glob("*/wer-summary-*.txt")) + sorted(exp_dir.glob("*/*/wer-summary-*.txt")):
             match = SUMMARY.match(summary.name)
             if not match:
                 continue
             method, wer = summary.read_text().splitlines()[1].split("\t")
+            runtime = summary.parent.parent.relative_to(exp_dir)  # e.g. sherpa-onnx/ for exp/sherpa-onnx/METHOD/
             size_text = f"{size:,}" if size is not None else "?"
+            if runtime.parts:
+                method = f"{runtime} {method}"
+                stats = summary.with_name(summary.name.replace("wer-summary-", "stats-")).with_suffix(".json")
+                if stats.is_file():  # a runtime's own model files (e.g. ONNX): their size on disk
+                    size_text = f"{json.loads(stats.read_text())['model_bytes']:,} (model files)"
             print(f"| {exp_dir.name} | {params} | {seconds} | {bits} | {size_text} | {method} ({match['suffix']}) "
                   f"| {match['set']} | {wer} |")
             wers.setdefault((method, match["suffix"], match["set"]), []).append(float(wer))
-            if method == "greedy_search" and match["set"] == "test" and size is not None:
+            if method == "greedy_search" and match["set"] == "test" and size is not None:  # PyTorch decodes only
                 points.append((exp_dir.name, size, float(wer)))
     if args.mean:
         for (method, suffix, test_set), values in sorted(wers.items()):
