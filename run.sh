@@ -3,14 +3,14 @@
 # holds the corpus's own data preparation (local/prepare_data.py) and conf/; outputs go to
 # ./data and ./exp there. Every stage is idempotent: it skips work whose outputs exist.
 #
-#   ../../run.sh --corpus fsdd --stage 0 --stop-stage 8
+#   ../../run.sh --corpus fsdd --stage 0 --stop-stage 9
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # ---- options (each --foo-bar VALUE sets foo_bar) ----
 stage=0
-stop_stage=8
+stop_stage=9
 corpus=fsdd
 dl_dir=download              # where the corpus is downloaded/extracted
 local_tarball=""             # use this corpus archive instead of downloading
@@ -21,6 +21,7 @@ parts="train dev test"       # first part is the training set, second the dev se
 num_train=6000               # FSDD connected-digit utterances per split
 num_dev=500
 num_test=500
+train_repeat_prob=0.3        # FSDD training utterances: chance that a word repeats the previous digit
 holdout_speaker=""           # train without this speaker, test on all its recordings
 speed_perturb="0.9 1.1"      # extra training copies at these speeds ("" for none)
 vocab_size=32
@@ -52,7 +53,7 @@ qat_args="--ste-forward true"  # extra local/train.py flags for it (snapped forw
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
-  num_test holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
+  num_test train_repeat_prob holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
   spec_augment gain_db eq_db train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
@@ -103,7 +104,8 @@ else
     current_stage=2
     log "utterances ${holdout_speaker:+(holding out $holdout_speaker)}"
     "${prep[@]}" cuts --manifest-dir data/manifests --output-dir "$data/manifests" --num-train "$num_train" \
-      --num-dev "$num_dev" --num-test "$num_test" ${holdout_speaker:+--holdout-speaker "$holdout_speaker"}
+      --num-dev "$num_dev" --num-test "$num_test" --train-repeat-prob "$train_repeat_prob" \
+      ${holdout_speaker:+--holdout-speaker "$holdout_speaker"}
     touch "$data/manifests/.cuts.done"
   fi
 fi
@@ -206,8 +208,32 @@ if run_stage 7 && [ -n "$quant_runs" ]; then
   done
 fi
 
+sherpa() {  # sherpa EXP_DIR ONNX_DIR PRECISION: decode every set but the training one (audio) with sherpa-onnx
+  local sets=() part
+  for part in "${part_list[@]:1}"; do sets+=("$part=$data/manifests/${prefix}_cuts_${part}_raw.jsonl.gz"); done
+  python "$root/local/sherpa_decode.py" --onnx-dir "$2" --precision "$3" --exp-dir "$1" --cuts "${sets[@]}" \
+    --blank-penalty "$blank_penalty" 2>&1 | tee -a "$log_file"
+}
+
 if run_stage 8; then
   current_stage=8
+  log "sherpa-onnx: fp32, icefall's post-training int8 and the quantization-aware int8 models"
+  python "$root/local/export_onnx.py" --exp-dir "$exp" --epoch "$decode_epoch" --avg "$avg" --tokens "$lang/tokens.txt" \
+    --out-dir "$exp/onnx" --check-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" 2>&1 | tee -a "$log_file"
+  sherpa "$exp" "$exp/onnx" fp32
+  sherpa "$exp" "$exp/onnx" int8
+  for run in $quant_runs; do
+    qexp=$(quant_exp "$run")
+    [ -f "$qexp/epoch-$qat_epochs.pt" ] || continue  # post-training runs have no QAT checkpoint
+    qavg=$((avg < qat_epochs ? avg : qat_epochs))
+    python "$root/local/export_onnx.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qavg" --tokens "$lang/tokens.txt" \
+      --out-dir "$qexp/onnx" --no-int8 2>&1 | tee -a "$log_file"
+    sherpa "$qexp" "$qexp/onnx" int8-qat
+  done
+fi
+
+if run_stage 9; then
+  current_stage=9
   quant_exps=()
   for run in $quant_runs; do quant_exps+=("$(quant_exp "$run")"); done
   python "$root/local/results_table.py" --exp-dir "$exp" "${quant_exps[@]}" \

@@ -11,7 +11,7 @@ from lhotse import CutSet, load_manifest
 
 from nnaqat.data.datamodule import RandomGain, RandomMelWarp
 from nnaqat.data.features import LOG_ENERGY_FLOOR, SAMPLING_RATE, compute_fbank, fbank_extractor, mel_bin_centers_hz
-from nnaqat.data.fsdd import DIGIT_WORDS, compose_connected_digits, prepare_fsdd
+from nnaqat.data.fsdd import DIGIT_WORDS, ConnectedDigitsConfig, compose_connected_digits, prepare_fsdd
 from nnaqat.data.tokenizer import Tokenizer, train_bpe
 
 
@@ -45,6 +45,23 @@ def test_connected_digits_no_leakage_and_deterministic(fsdd_manifests):
         assert supervision.start == 0 and supervision.duration == pytest.approx(cut.duration)
     audio = first[0].load_audio()
     assert audio.shape[1] == pytest.approx(first[0].duration * 8000, abs=2)
+
+
+def test_repeated_digits_are_drawn_more_often_with_repeat_prob(fsdd_manifests):
+    words = CutSet.from_manifests(**fsdd_manifests["train"])
+
+    def repeat_fraction(cuts) -> float:
+        texts = [c.supervisions[0].text.split() for c in cuts]
+        return sum(a == b for t in texts for a, b in zip(t, t[1:])) / sum(len(t) - 1 for t in texts)
+
+    plain = compose_connected_digits(words, 400, seed=2, prefix="train")
+    repeated = compose_connected_digits(words, 400, seed=2, prefix="train", config=ConnectedDigitsConfig(repeat_prob=0.5))
+    assert repeat_fraction(plain) < 0.2 and 0.45 < repeat_fraction(repeated) < 0.65  # 0.5 + 0.5 * 0.1 expected
+    for cut in repeated:  # the text still names the recordings the audio is made of, one speaker each
+        (supervision,) = cut.supervisions
+        sources = supervision.custom["source_ids"]
+        assert supervision.text.split() == [DIGIT_WORDS[int(s[0])] for s in sources]
+        assert {s.split("_")[1] for s in sources} == {supervision.speaker}
 
 
 def test_holdout_speaker_restricts_composition(fsdd_manifests):

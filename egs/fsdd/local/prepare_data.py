@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lhotse import CutSet, load_manifest
 
-from nnaqat.data.fsdd import TakeSplit, compose_connected_digits, download_fsdd, prepare_fsdd, speakers_of
+from nnaqat.data.fsdd import ConnectedDigitsConfig, TakeSplit, compose_connected_digits, download_fsdd, prepare_fsdd, speakers_of
 
 SPLITS = ("train", "dev", "test")
 
@@ -24,6 +24,8 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--num-test", type=int, default=500)
     parser.add_argument("--holdout-speaker", default="", help="train/dev without this speaker; test on all its takes")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--train-repeat-prob", type=float, default=0.0,
+                        help="training utterances: chance that a word repeats the previous digit")
     return parser.parse_args()
 
 
@@ -57,8 +59,9 @@ def main() -> None:
                 chosen = [args.holdout_speaker]
             else:
                 chosen = [s for s in speakers if s != args.holdout_speaker]
+        config = ConnectedDigitsConfig(repeat_prob=args.train_repeat_prob if split == "train" else 0.0)
         cuts = compose_connected_digits(
-            pool, counts[split], seed=args.seed * 10 + index, prefix=split, speakers=chosen
+            pool, counts[split], seed=args.seed * 10 + index, prefix=split, config=config, speakers=chosen
         )
         cuts.to_file(args.output_dir / f"fsdd_cuts_{split}_raw.jsonl.gz")
         logging.info("%s: %d utterances from %s", split, len(cuts), chosen)

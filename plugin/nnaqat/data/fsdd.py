@@ -142,6 +142,9 @@ class ConnectedDigitsConfig:
     max_gap: float = 0.30
     min_edge: float = 0.10  # seconds of silence before the first and after the last word
     max_edge: float = 0.30
+    # Chance that a word repeats the previous digit (another recording of it) instead of being
+    # drawn at random: repeated digits are what a transducer finds hardest to emit twice.
+    repeat_prob: float = 0.0
 
 
 def compose_connected_digits(
@@ -175,7 +178,13 @@ def compose_connected_digits(
     composed = []
     for index in range(num_utterances):
         speaker = chosen[index % len(chosen)]
-        words = [rng.choice(pools[speaker]) for _ in range(rng.randint(config.min_digits, config.max_digits))]
+        words: List[Cut] = []
+        for _ in range(rng.randint(config.min_digits, config.max_digits)):
+            if words and config.repeat_prob > 0 and rng.random() < config.repeat_prob:
+                digit = words[-1].supervisions[0].text
+                words.append(rng.choice([c for c in pools[speaker] if c.supervisions[0].text == digit]))
+            else:
+                words.append(rng.choice(pools[speaker]))
         gaps = [rng.uniform(config.min_gap, config.max_gap) for _ in words[1:]]
         edges = (rng.uniform(config.min_edge, config.max_edge), rng.uniform(config.min_edge, config.max_edge))
         composed.append(_join(f"{prefix}-{speaker}-{index:05d}", words, gaps, edges))
