@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Training-step time of each quantizer relative to fp32, measured side by side in one run.
+"""Training-step time of each quantizer, and of NNA emulation (AAT), relative to fp32, measured
+side by side in one run.
 
-The same real batches go through one Trainer per quantizer, round-robin (so machine load hits
-every variant alike); the median seconds per step and the ratio to fp32 are printed. Run from
-egs/fsdd after stage 6:
+The same real batches go through one Trainer per variant, round-robin (so machine load hits
+every variant alike); the median seconds per step and the ratio to fp32 are printed. Variants:
+a quantizer name (``none`` is fp32), ``aat`` (``--nna-spec``, no quantizer) or ``aat+QUANTIZER``.
+Run from egs/fsdd after stage 6:
 
   python ../../benchmarks/qat_step_time.py --checkpoint exp/fp32/pretrained.pt --steps 30
+  python ../../benchmarks/qat_step_time.py --checkpoint exp/fp32/pretrained.pt --steps 10 \
+      --variants none aat aat+s8bqat --nna-spec conf/nna/int8.yaml
 """
 
 import argparse
@@ -26,7 +30,9 @@ def main() -> None:
     parser.add_argument("--train-cuts", default="data/fbank/fsdd_cuts_train.jsonl.gz")
     parser.add_argument("--dev-cuts", default="data/fbank/fsdd_cuts_dev.jsonl.gz")
     parser.add_argument("--bpe-model", default="data/lang_bpe_32/bpe.model")
-    parser.add_argument("--quantizers", nargs="+", default=["none", "uniform", "lsq", "s8bqat"])
+    parser.add_argument("--variants", nargs="+", default=["none", "uniform", "lsq", "s8bqat"],
+                        help="quantizer names, aat, aat+QUANTIZER; the first is the reference")
+    parser.add_argument("--nna-spec", default="conf/nna/int8.yaml", help="the NNA the aat variants emulate")
     parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--max-duration", type=float, default=150.0)
     parser.add_argument("--ste-forward", type=lambda v: v.lower() == "true", default=True,
@@ -37,12 +43,15 @@ def main() -> None:
 
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.quantizers:
+        for name in args.variants:
+            aat = name == "aat" or name.startswith("aat+")
+            quantizer = name.partition("+")[2] if name.startswith("aat+") else ("none" if aat else name)
             config = TrainConfig(
                 train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
                 lr=1e-3, warm_step=0, progress=False,
-                quant=QuantConfig(quantizer=name, weight_bits=args.weight_bits, ste_forward=args.ste_forward),
+                quant=QuantConfig(quantizer=quantizer, weight_bits=args.weight_bits, ste_forward=args.ste_forward),
+                nna_spec=args.nna_spec if aat else "",
             )
             trainers[name] = Trainer(config)
         batches = iter(next(iter(trainers.values())).train_dl)
@@ -55,10 +64,10 @@ def main() -> None:
                 trainer.train_step(batch)
                 if step >= args.warmup_steps:
                     times[name].append(time.perf_counter() - started)
-    base = statistics.median(times[args.quantizers[0]])
+    base = statistics.median(times[args.variants[0]])
     print(f"{args.steps} steps of the same real batches (max duration {args.max_duration} s), "
           f"{torch.get_num_threads()} threads, {args.weight_bits}-bit weights, s8bqat ste_forward={args.ste_forward}")
-    print(f"| quantizer | median s/step | ratio to {args.quantizers[0]} |")
+    print(f"| variant | median s/step | ratio to {args.variants[0]} |")
     print("|---|---|---|")
     for name, values in times.items():
         median = statistics.median(values)
