@@ -44,8 +44,9 @@ def mracos(weights: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 def mracos_and_grad(weights: torch.Tensor, centroids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(mracos(weights, centroids), its derivative)``, elementwise, in closed form without
     autograd: ``dR/dw = pi / g * sin(pi * clamp((w - c) / g, -1/2, 1/2))`` for the nearest
-    centroid ``c`` and gap ``g``. What training uses: a few fused passes instead of a graph."""
+    centroid ``c`` and gap ``g``. What training uses: a few elementwise passes, no graph."""
     e, g = _offsets(weights, centroids)
-    u = (e / g).clamp_(-0.5, 0.5).mul_(math.pi)
-    value = 1 - torch.cos(u) + math.pi * ((e / g).abs_() - 0.5).clamp_min_(0)
-    return value, torch.sin_(u).mul_(math.pi).div_(g)
+    u = e / g
+    angle = u.clamp(-0.5, 0.5) * math.pi
+    value = 1 - torch.cos(angle) + math.pi * (u.abs() - 0.5).clamp_min(0)
+    return value, torch.sin(angle) * math.pi / g
