@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from lhotse import RecordingSet, SupervisionSet, load_manifest
@@ -44,3 +45,21 @@ def test_external_manifests_through_fbank_and_tokens(fsdd_manifests, tmp_path):
     assert len(cuts) == 30 and all(c.has_features and c.sampling_rate == 16000 for c in cuts)
     tokens = (tmp_path / "data/lang_bpe_32/tokens.txt").read_text().splitlines()
     assert tokens[0] == "<blk> 0"
+
+
+def test_results_table_lists_pytorch_and_runtime_decodes(tmp_path):
+    exp = tmp_path / "exp" / "fp32"
+    summaries = {
+        exp / "greedy_search" / "wer-summary-test-epoch-8-avg-2.txt": "greedy_search\t1.23",
+        exp / "sherpa-onnx" / "greedy_search" / "wer-summary-test-int8-qat-chunk-2.txt": "greedy_search\t1.30",
+    }
+    for path, row in summaries.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"settings\tWER\n{row}\n")
+    (exp / "sherpa-onnx" / "greedy_search" / "stats-test-int8-qat-chunk-2.json").write_text('{"model_bytes": 1234567}')
+    done = subprocess.run([sys.executable, str(REPO / "local/results_table.py"), "--exp-dir", str(exp)],
+                          capture_output=True, text=True, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32 ")]
+    assert len(rows) == 2
+    assert "| greedy_search (epoch-8-avg-2) | test | 1.23 |" in rows[0]
+    assert "| 1,234,567 (model files) | sherpa-onnx greedy_search (int8-qat-chunk-2) | test | 1.30 |" in rows[1]
