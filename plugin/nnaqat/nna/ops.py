@@ -42,8 +42,10 @@ def _pow2(exponent: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(exponent) << exponent
 
 
-def _floor_div(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    return torch.div(numerator, denominator, rounding_mode="floor")
+def _floor_div_pow2(numerator: torch.Tensor, exponent: IntTensor) -> torch.Tensor:
+    """``floor(numerator / 2**exponent)`` for int64 tensors and ``exponent >= 0``: an arithmetic
+    right shift (several times faster than a floor division)."""
+    return torch.bitwise_right_shift(numerator, _long(exponent))
 
 
 def _check_rounding(rounding: str) -> None:
@@ -130,7 +132,7 @@ def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> t
     """gemmlowp's SRDHM on int32 values (int64 tensors in and out): ``floor((a*b + 2**30) / 2**31)``,
     with INT32_MIN * INT32_MIN saturated to INT32_MAX."""
     a, b = _long(a), _long(b)
-    high = _floor_div(a * b + 2**30, torch.tensor(2**31))
+    high = _floor_div_pow2(a * b + 2**30, 31)
     return torch.where((a == INT32_MIN) & (b == INT32_MIN), torch.tensor(INT32_MAX), high)
 
 
@@ -140,18 +142,18 @@ def _requantize_long(acc: torch.Tensor, multiplier: IntTensor, shift: IntTensor,
     acc, m, s = _long(acc), _long(multiplier), _long(shift)
     if rounding == "single":
         total_shift = 31 - s
-        return _floor_div(acc * m + _pow2(total_shift - 1), _pow2(total_shift))
+        return _floor_div_pow2(acc * m + _pow2(total_shift - 1), total_shift)
     if rounding == "double":
         shifted = (acc * _pow2(s.clamp_min(0))).clamp(INT32_MIN, INT32_MAX)
         high = saturating_rounding_doubling_high_mul(shifted, m)
         right = (-s).clamp_min(0)
         # Round half away from zero: the magnitude rounds half up, the sign comes back after.
-        half = _floor_div(_pow2(right), torch.tensor(2))
-        return torch.sign(high) * _floor_div(high.abs() + half, _pow2(right))
+        half = _floor_div_pow2(_pow2(right), 1)
+        return torch.sign(high) * _floor_div_pow2(high.abs() + half, right)
     if rounding == "tosa":
         tosa_shift = 31 - s
         correction = torch.where(acc >= 0, 2**30, -(2**30)) * (tosa_shift > 31)
-        return _floor_div(acc * m + _pow2(tosa_shift - 1) + correction, _pow2(tosa_shift))
+        return _floor_div_pow2(acc * m + _pow2(tosa_shift - 1) + correction, tosa_shift)
     product = acc.float() * real_multiplier(m, s).float()
     return torch.round(product).long()
 
@@ -222,7 +224,7 @@ def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: s
     are done there. Gradient: the product's, times 2**-shift, where not saturated.
     """
     _check_rounding(rounding)
-    scaled = a.detach().double() * b.detach().double() / 2.0**shift
+    scaled = a.detach().double() * b.detach().double() * 2.0**-shift
     if rounding == "fp32_rne":
         rounded = torch.round(scaled)  # half to even
     elif rounding == "double":
@@ -231,7 +233,7 @@ def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: s
         rounded = torch.floor(scaled + 0.5)
     low, high = int_range(out_bits)
     inside = (rounded >= low) & (rounded <= high)
-    surrogate = a.double() * b.double() / 2.0**shift * inside
+    surrogate = a.double() * b.double() * 2.0**-shift * inside
     return straight_through(rounded.clamp(low, high).float(), surrogate.float())
 
 
@@ -246,16 +248,17 @@ def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
     """
     low, _ = int_range(lut.input.bits)
     table = torch.from_numpy(lut.table.copy())
-    segment = 2**lut.segment_bits
+    bits = lut.segment_bits
+    segment = 2**bits
     position = x.detach().long() - low
     if not lut.interpolate:
-        value = table[_floor_div(position + segment // 2, torch.tensor(segment))]
+        value = table[_floor_div_pow2(position + segment // 2, bits)]
     else:
-        index = _floor_div(position, torch.tensor(segment))
+        index = _floor_div_pow2(position, bits)
         offset = position - index * segment
         right = table[(index + 1).clamp_max(table.numel() - 1)]
         slope = right - table[index]
-        value = table[index] + _floor_div(slope * offset + segment // 2, torch.tensor(segment))
+        value = table[index] + _floor_div_pow2(slope * offset + segment // 2, bits)
     true_function = _TRUE_FUNCTIONS[lut.function]
     # float64: in float32, sigmoid's 1 - y near saturation cancels to a few significant bits.
     surrogate = true_function(x.double() * 2.0**-lut.input.frac_bits) * 2.0**lut.output.frac_bits
