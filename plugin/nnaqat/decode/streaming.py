@@ -24,7 +24,7 @@ from nnaqat.models.transducer import Transducer
 
 FRAME_SHIFT = 0.01  # seconds per input feature frame
 FRAME_LENGTH = 0.025  # analysis window of one feature frame
-DEFAULT_CHUNK_FRAMES = 2  # 160 ms of audio per chunk with 8x frame stacking
+DEFAULT_CHUNK_FRAMES = 2  # encoder frames per chunk: 80 ms of audio with 4x frame stacking
 
 
 @dataclass(frozen=True)
