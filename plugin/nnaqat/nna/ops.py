@@ -48,6 +48,12 @@ def _floor_div_pow2(numerator: torch.Tensor, exponent: IntTensor) -> torch.Tenso
     return torch.bitwise_right_shift(numerator, _long(exponent))
 
 
+def _needs_grad(*tensors) -> bool:
+    """Whether a gradient will flow back through these inputs: if not, the ops skip building
+    their straight-through surrogates (inference, calibration, the LSTM's integer pass)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
 def _check_rounding(rounding: str) -> None:
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
@@ -67,6 +73,8 @@ def quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, bits
     low, high = int_range(bits)
     scaled = x.float() / torch.as_tensor(scale, dtype=torch.float32)
     unclamped = torch.round(scaled.detach()) + zero_point
+    if not _needs_grad(x, scale):
+        return unclamped.clamp(low, high)
     inside = (unclamped >= low) & (unclamped <= high)
     return straight_through(unclamped.clamp(low, high), scaled * inside)
 
@@ -125,7 +133,7 @@ def accumulate(
     if overflow == "saturate":
         return total.clamp(low, high)
     wrapped = torch.remainder(total.detach() - low, 2.0**acc_bits) + low
-    return straight_through(wrapped, total)
+    return straight_through(wrapped, total) if _needs_grad(total) else wrapped
 
 
 def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -167,6 +175,8 @@ def requantize(acc: torch.Tensor, multiplier: IntTensor, shift: IntTensor, round
     if int(_long(shift).max()) > MAX_EXACT_FLOAT64_SHIFT:
         raise ValueError(f"shift must be <= {MAX_EXACT_FLOAT64_SHIFT} for an exact float64 result")
     value = _requantize_long(acc.detach(), multiplier, shift, rounding).double()
+    if not _needs_grad(acc):
+        return value
     return straight_through(value, acc.double() * real_multiplier(multiplier, shift))
 
 
@@ -195,6 +205,8 @@ def requantize_output(
     else:
         raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
     low, high = int_range(out_bits)
+    if not _needs_grad(acc):
+        return value.clamp(low, high).float()
     inside = (value >= low) & (value <= high)
     surrogate = acc.double() * real_multiplier(multiplier, shift) * inside
     return straight_through(value.clamp(low, high).float(), surrogate.float())
@@ -232,6 +244,8 @@ def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: s
     else:
         rounded = torch.floor(scaled + 0.5)
     low, high = int_range(out_bits)
+    if not _needs_grad(a, b):
+        return rounded.clamp(low, high).float()
     inside = (rounded >= low) & (rounded <= high)
     surrogate = a.double() * b.double() * 2.0**-shift * inside
     return straight_through(rounded.clamp(low, high).float(), surrogate.float())
@@ -259,6 +273,8 @@ def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
         right = table[(index + 1).clamp_max(table.numel() - 1)]
         slope = right - table[index]
         value = table[index] + _floor_div_pow2(slope * offset + segment // 2, bits)
+    if not _needs_grad(x):
+        return value.float()
     true_function = _TRUE_FUNCTIONS[lut.function]
     # float64: in float32, sigmoid's 1 - y near saturation cancels to a few significant bits.
     surrogate = true_function(x.double() * 2.0**-lut.input.frac_bits) * 2.0**lut.output.frac_bits
