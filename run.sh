@@ -71,6 +71,7 @@ read -r -a part_list <<< "$parts"
 train_part=${part_list[0]}
 dev_part=${part_list[1]}
 decode_epoch=${decode_epoch:-$num_epochs}
+qat_avg=$((avg < qat_epochs ? avg : qat_epochs))  # QAT checkpoints averaged for decoding
 mkdir -p "$exp"
 log_file=$exp/log/run-$(date +%Y%m%d-%H%M%S).log
 mkdir -p "$(dirname "$log_file")"
@@ -201,9 +202,8 @@ if run_stage 7 && [ -n "$quant_runs" ]; then
     fi
     train "$qexp" "$qat_epochs" "$qat_lr" 0 --init-checkpoint "$pretrained" --quantizer "$quantizer" \
       "${bit_flags[@]}" "${qat_flags[@]}" $qat_args
-    qavg=$((avg < qat_epochs ? avg : qat_epochs))
-    decode "$qexp" --epoch "$qat_epochs" --avg "$qavg"
-    python "$root/local/export_packed.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qavg" \
+    decode "$qexp" --epoch "$qat_epochs" --avg "$qat_avg"
+    python "$root/local/export_packed.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qat_avg" \
       --out "$qexp/model.pack" | tee -a "$log_file"
   done
 fi
@@ -225,8 +225,7 @@ if run_stage 8; then
   for run in $quant_runs; do
     qexp=$(quant_exp "$run")
     [ -f "$qexp/epoch-$qat_epochs.pt" ] || continue  # post-training runs have no QAT checkpoint
-    qavg=$((avg < qat_epochs ? avg : qat_epochs))
-    python "$root/local/export_onnx.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qavg" --tokens "$lang/tokens.txt" \
+    python "$root/local/export_onnx.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qat_avg" --tokens "$lang/tokens.txt" \
       --out-dir "$qexp/onnx" --no-int8 2>&1 | tee -a "$log_file"
     sherpa "$qexp" "$qexp/onnx" int8-qat
   done

@@ -43,7 +43,7 @@ def main() -> None:
     args = get_args()
     model, _ = load_model_from_args(args)
     variants = {"fp32": export_onnx(model, args.tokens, args.out_dir, args.chunk_frames)}
-    if getattr(model, "quantizer", None) is not None and model.quantizer.quantized(model):
+    if getattr(model, "quantizer", None) is not None and model.quantizer.bits:
         variants["int8-qat"] = export_onnx(model, args.tokens, args.out_dir, args.chunk_frames, precision="int8-qat")
     if not args.no_int8:
         variants["int8"] = quantize_int8(variants["fp32"])

@@ -27,6 +27,7 @@ from torch import nn
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES, ChunkGeometry
 from nnaqat.models.predictor import StatelessPredictor
 from nnaqat.models.transducer import Transducer
+from nnaqat.quant.fake_quant import channel_view
 from nnaqat.quant.quantizers import QuantizedTensor
 
 OPSET = 13  # DequantizeLinear with per-axis scales needs 13
@@ -147,7 +148,7 @@ class _DequantizeLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return q.float() * (scale if scale.dim() == 0 else scale.reshape(-1, *([1] * (q.dim() - 1))))
+        return q.float() * channel_view(scale, q)
 
     @staticmethod
     def symbolic(g, q, scale):

@@ -42,7 +42,8 @@ def uniform_int8_levels(bits: int) -> torch.Tensor:
 
 
 def channel_view(scale: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel scale ``(C,)`` reshaped to broadcast over ``weights (C, ...)``."""
+    """A scale per tensor ``()`` or per output channel ``(C,)`` reshaped to broadcast over
+    ``weights (C, ...)``."""
     return scale.reshape(-1, *([1] * (weights.dim() - 1)))
 
 

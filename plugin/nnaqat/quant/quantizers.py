@@ -44,7 +44,7 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         """The float weight: ``levels[indices] * scale`` (float32)."""
         values = self.levels.float()[self.indices]
-        return values * (self.scale if self.scale.dim() == 0 else channel_view(self.scale, values))
+        return values * channel_view(self.scale, values)
 
 
 def _split(name: str) -> Tuple[str, str]:
@@ -227,7 +227,7 @@ class S8bqatQuantizer(WeightQuantizer):
         """``(float weight / scale, centroids)``, both in int8 units."""
         levels, scale = self.codebook(name)
         weight = self.latent(model, name)
-        return weight / (scale if scale.dim() == 0 else channel_view(scale, weight)), levels.float()
+        return weight / channel_view(scale, weight), levels.float()
 
     def mracos_weight(self, step: int) -> float:
         ramp = self.config.mracos_ramp_batches
@@ -244,7 +244,7 @@ class S8bqatQuantizer(WeightQuantizer):
         for name in self.bits:
             latent = self.latent(model, name)
             levels, scale = self.codebook(name)
-            s = scale if scale.dim() == 0 else channel_view(scale, latent)
+            s = channel_view(scale, latent)
             value, grad = mracos_and_grad(latent.detach() / s, levels.float())
             total += float(value.sum())
             grad = grad.div_(s).mul_(weight / count)
@@ -280,7 +280,7 @@ class CodebookSnap(nn.Module):
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
         levels, scale = self.codebook()
-        s = scale if scale.dim() == 0 else channel_view(scale, weights)
+        s = channel_view(scale, weights)
         snapped = torch.take(levels.float(), nearest_index(weights / s, levels.float())) * s
         return straight_through(snapped, weights)
 
