@@ -24,6 +24,7 @@ from nnaqat.quant import (
     resolve_bits,
 )
 from nnaqat.quant.fake_quant import fake_quantize, uniform_int8_levels
+from nnaqat.quant.quantizers import CodebookSnap
 from nnaqat.quant.mracos import mracos_and_grad
 
 SMALL_MODEL = {
@@ -233,15 +234,20 @@ def batch():
     return x, torch.tensor([60, 45]), torch.randint(3, 32, (2, 4)), torch.tensor([4, 2])
 
 
-@pytest.mark.parametrize("name", ["ptq", "uniform", "lsq", "s8bqat", "s8bqat-tensor", "s8bqat-ste"])
+@pytest.mark.parametrize("name", ["ptq", "uniform", "lsq", "s8bqat", "s8bqat-tensor", "s8bqat-ste", "s8bqat-learned"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 8])
 def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     torch.manual_seed(0)
     model = build_transducer(SMALL_MODEL).eval()
     name, _, variant = name.partition("-")
     codebook = "tensor" if variant == "tensor" else "channel"
-    config = QuantConfig(quantizer=name, weight_bits=bits, codebook=codebook, ste_forward=variant == "ste")
+    config = QuantConfig(quantizer=name, weight_bits=bits, codebook=codebook, ste_forward=variant in ("ste", "learned"),
+                         learn_scale=variant == "learned")
     quantizer = quantize_(model, config)
+    if variant == "learned":  # as after training: every codebook scale moved off its start
+        with torch.no_grad():
+            for n, p in quantizer.named_parameters():
+                p.fill_(0.05 if n.startswith("log_gain__") else p)
     simple, pruned = model(*batch())
     (simple + pruned).sum().backward()  # gradients reach the latent weights through the STE
     assert all(p.grad is not None for n, p in model.named_parameters() if "original" in n or name == "s8bqat")
@@ -253,7 +259,7 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     quantizer.check_on_codebook(model)
     with torch.no_grad():
         deployed_loss = model(*batch())[1]
-    if name != "s8bqat" or variant == "ste":  # the weights training sees are exactly the deployed ones
+    if name != "s8bqat" or variant in ("ste", "learned"):  # the weights training sees are exactly the deployed ones
         assert all(torch.equal(w, quantizer.weight(model, n)) for n, w in trained_view.items())
         # (nn.LSTM takes another kernel for parametrized weights: outputs agree to rounding)
         assert torch.allclose(trained_loss, deployed_loss, rtol=1e-5)
@@ -272,6 +278,24 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
             assert torch.equal(unpacked[key], value), key
     assert report.mean_bits == bits
     assert report.packed_bytes < report.int8_bytes if bits < 8 else report.packed_bytes < report.fp32_bytes
+
+
+def test_learned_codebook_scale_gets_the_lsq_gradient():
+    """With ``learn_scale`` the snapped weight is ``level * scale``: the scale's gradient is
+    ``sum (level - w / scale) * dL/dw_q`` over its channel, the float weight's is ``dL/dw_q``."""
+    torch.manual_seed(0)
+    levels = torch.tensor([-100, -30, 20, 90], dtype=torch.int8)
+    scale = torch.tensor([0.01, 0.02, 0.005], requires_grad=True)
+    weights = (torch.randn(3, 16) * 0.6).requires_grad_()
+    upstream = torch.randn(3, 16)
+    snapped = CodebookSnap(lambda: (levels, scale))(weights)
+    (snapped * upstream).sum().backward()
+    with torch.no_grad():
+        index = nearest_index(weights / scale[:, None], levels.float())
+        level = levels.float()[index]
+        assert torch.equal(snapped, level * scale[:, None])
+        assert torch.allclose(scale.grad, ((level - weights / scale[:, None]) * upstream).sum(1), rtol=1e-5)
+        assert torch.equal(weights.grad, upstream)
 
 
 def test_weights_off_the_codebook_are_caught():

@@ -184,7 +184,9 @@ class S8bqatQuantizer(WeightQuantizer):
     as in the paper, or one per output channel with ``codebook="channel"``: a shared K-bit set
     of int8 values, each channel with its own scale) are pulled towards and snapped onto the
     ``2**K`` int8 levels. With ``ste_forward`` the forward pass sees the snapped weights and the
-    float weights get straight-through gradients (our addition; the paper regularizes only).
+    float weights get straight-through gradients (our addition; the paper regularizes only);
+    with ``learn_scale`` too, each codebook's scale is learned (in the log domain, as LSQ's step)
+    while its levels stay fixed int8 integers.
     """
 
     def __init__(
@@ -205,6 +207,8 @@ class S8bqatQuantizer(WeightQuantizer):
                 levels, scale = derive_codebook(self.weight(model, name), b, config.codebook)
             self.register_buffer(f"levels__{_key(name)}", levels.to(torch.int8))
             self.register_buffer(f"scale__{_key(name)}", scale.float())
+            if config.learn_scale:
+                self.register_parameter(f"log_gain__{_key(name)}", nn.Parameter(torch.zeros_like(scale.float())))
         # A finalized checkpoint holds plain snapped weights: nothing to attach.
         if config.ste_forward and (state_dict is None or any(".parametrizations." in k for k in state_dict)):
             for name in self.bits:
@@ -215,19 +219,26 @@ class S8bqatQuantizer(WeightQuantizer):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key, value in state_dict.items():  # codebook sizes differ per tensor: adopt the stored ones
-            if key.startswith((prefix + "levels__", prefix + "scale__")):
-                setattr(self, key[len(prefix):], torch.empty_like(value))
+            name = key[len(prefix):]
+            if name.startswith("log_gain__"):
+                setattr(self, name, nn.Parameter(torch.empty_like(value)))
+            elif name.startswith(("levels__", "scale__")):
+                setattr(self, name, torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def codebook(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(levels int8 (L,), scale () or (C,))`` of a tensor."""
-        return getattr(self, f"levels__{_key(name)}"), getattr(self, f"scale__{_key(name)}")
+        """``(levels int8 (L,), scale () or (C,))`` of a tensor; a learned scale carries its gradient."""
+        key = _key(name)
+        levels, scale = getattr(self, f"levels__{key}"), getattr(self, f"scale__{key}")
+        if self.config.learn_scale:
+            scale = scale * torch.exp(getattr(self, f"log_gain__{key}"))
+        return levels, scale
 
     def normalized(self, model: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(float weight / scale, centroids)``, both in int8 units."""
+        """``(float weight / scale, centroids)``, both in int8 units (no gradient to the scale)."""
         levels, scale = self.codebook(name)
         weight = self.latent(model, name)
-        return weight / channel_view(scale, weight), levels.float()
+        return weight / channel_view(scale.detach(), weight), levels.float()
 
     def mracos_weight(self, step: int) -> float:
         ramp = self.config.mracos_ramp_batches
@@ -244,7 +255,7 @@ class S8bqatQuantizer(WeightQuantizer):
         for name in self.bits:
             latent = self.latent(model, name)
             levels, scale = self.codebook(name)
-            s = channel_view(scale, latent)
+            s = channel_view(scale.detach(), latent)
             value, grad = mracos_and_grad(latent.detach() / s, levels.float())
             total += float(value.sum())
             grad = grad.div_(s).mul_(weight / count)
@@ -266,13 +277,14 @@ class S8bqatQuantizer(WeightQuantizer):
         for name, b in self.bits.items():
             levels, scale = self.codebook(name)
             indices = nearest_index(*self.normalized(model, name))
-            out[name] = QuantizedTensor(indices, levels.clone(), scale.clone(), b)
+            out[name] = QuantizedTensor(indices, levels.clone(), scale.detach().clone(), b)
         return out
 
 
 class CodebookSnap(nn.Module):
     """Parametrization: each weight replaced by its nearest codebook value in the forward pass,
-    straight-through gradient to the float weight."""
+    straight-through gradient to the float weight; a learned scale gets LSQ's gradient
+    ``level - w / scale``."""
 
     def __init__(self, codebook) -> None:
         super().__init__()
@@ -281,8 +293,8 @@ class CodebookSnap(nn.Module):
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
         levels, scale = self.codebook()
         s = channel_view(scale, weights)
-        snapped = torch.take(levels.float(), nearest_index(weights / s, levels.float())) * s
-        return straight_through(snapped, weights)
+        level = torch.take(levels.float(), nearest_index(weights / s.detach(), levels.float()))
+        return straight_through(level * s.detach(), weights + (level - weights.detach() / s.detach()) * s)
 
 
 def derive_codebook(weight: torch.Tensor, bits: int, codebook: str = "tensor") -> Tuple[torch.Tensor, torch.Tensor]:
