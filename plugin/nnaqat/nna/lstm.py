@@ -47,12 +47,34 @@ class _Integers(NamedTuple):
     m_x: torch.Tensor  # (4H,) M0 to the gate format
     shift_x: torch.Tensor
     w_h: torch.Tensor  # (4H, H)
+    w_h_max_abs: float
     h_zero_point: int
     m_h: torch.Tensor
     shift_h: torch.Tensor
     cell_frac_bits: int
     m_out: int  # o * tanh(c) to the hidden scale
     shift_out: int
+
+
+class _Step(NamedTuple):
+    """What one integer step leaves for the backward pass (``N`` sequences, ``H`` hidden units;
+    stacked over steps as ``(T, N, ...)``). ``*_inside``: where a saturation did not clip."""
+
+    h_prev: torch.Tensor  # (N, H) hidden codes the step read
+    acc_inside: Optional[torch.Tensor]  # (N, 4H) recurrent accumulator (None: wrapping)
+    gates: torch.Tensor  # (N, 4H) saturated gate codes, the tables' inputs
+    gates_inside: torch.Tensor
+    ifgo: torch.Tensor  # (N, 4H) i, f, g, o from the tables
+    c_prev: torch.Tensor  # (N, H) cell codes the step read
+    kept_inside: torch.Tensor  # f * c
+    written_inside: torch.Tensor  # i * g
+    cell_inside: torch.Tensor  # f * c + i * g
+    cell_gate: torch.Tensor  # (N, H) the new cell in the gate format, tanh's input
+    cell_gate_inside: torch.Tensor
+    squashed: torch.Tensor  # (N, H) tanh of the new cell
+    h_inside: torch.Tensor
+    product_range: torch.Tensor  # (2,) min and max of o * tanh(c), for calibration
+    cell_range: torch.Tensor  # (2,) of the unsaturated cell
 
 
 class NnaLstm(nn.Module):
@@ -118,12 +140,13 @@ class NnaLstm(nn.Module):
         m_x, shift_x = fixed_point_multipliers(x_scale.double() * wx_scale.double() * gate_unit)
         m_h, shift_h = fixed_point_multipliers(h_scale.double() * wh_scale.double() * gate_unit)
         product_unit = 2.0 ** (-2 * spec.lstm.nonlinearity.frac_bits)  # of o * tanh(c)
+        w_h = quantize_weight(self.weight_hh_l0, wh_scale, spec.weights.bits)
         m_out, shift_out = ref.quantize_multiplier(product_unit / float(h_scale))
         return _Integers(
             w_x=quantize_weight(self.weight_ih_l0, wx_scale, spec.weights.bits),
             bias=quantize_bias(self.bias_ih_l0 + self.bias_hh_l0, x_scale, wx_scale, spec.accumulator.bits),
             x_zero_point=x_zero_point, m_x=m_x, shift_x=shift_x,
-            w_h=quantize_weight(self.weight_hh_l0, wh_scale, spec.weights.bits),
+            w_h=w_h, w_h_max_abs=float(w_h.detach().abs().amax()),
             h_zero_point=h_zero_point, m_h=m_h, shift_h=shift_h,
             cell_frac_bits=self.cell_frac_bits(), m_out=m_out, shift_out=shift_out,
         )  # fmt: skip
@@ -152,57 +175,94 @@ class NnaLstm(nn.Module):
         scale, zero_point = self.input_observer.scale_and_zero_point()
         return ops.quantize(x, scale, zero_point, self.spec.activations.bits)
 
-    def _cell_to_gate_format(self, c: torch.Tensor, c_frac: int) -> torch.Tensor:
-        """``reference_lstm.cell_to_gate_format`` with the training-time ``mul``."""
-        gate = self.spec.lstm.gate
-        rounding = self.spec.requantization.rounding
-        if c_frac >= gate.frac_bits:
-            return ops.mul(c, torch.tensor(1.0), c_frac - gate.frac_bits, gate.bits, rounding)
-        return ops.mul(c, torch.tensor(2.0 ** (gate.frac_bits - c_frac)), 0, gate.bits, rounding)
+    def _cell_to_gate_format(self, c_frac: int) -> Tuple[float, int]:
+        """``reference_lstm.cell_to_gate_format`` as a ``mul`` by ``(factor, shift)``."""
+        gate_frac = self.spec.lstm.gate.frac_bits
+        return (1.0, c_frac - gate_frac) if c_frac >= gate_frac else (2.0 ** (gate_frac - c_frac), 0)
+
+    def _step(
+        self, k: _Integers, c_frac: int, from_input: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, _Step]:
+        """One integer step, no gradient: ``from_input (N, 4H)`` gate codes of the input, state
+        codes ``h, c (N, H)`` -> the new ``h, c`` and what the backward pass needs."""
+        spec, lstm, acc = self.spec, self.spec.lstm, self.spec.accumulator
+        rounding, order = spec.requantization.rounding, spec.requantization.zero_point
+        n_frac = lstm.nonlinearity.frac_bits
+        total = ops.exact_linear(h - k.h_zero_point, k.w_h, k.w_h_max_abs)
+        if acc.overflow == "saturate":
+            acc_h, acc_inside = ops.saturate(total, acc.bits)
+        else:
+            acc_h, acc_inside = ops.wrap(total, acc.bits), None
+        pre = from_input.double() + ops.requantize(acc_h, k.m_h, k.shift_h, rounding)
+        gates, gates_inside = ops.saturate(pre, lstm.gate.bits)
+        gates = gates.float()
+        i, f, g, o = gates.chunk(4, dim=-1)
+        i, f, o = (ops.lut_lookup(v, self.luts.sigmoid) for v in (i, f, o))
+        g = ops.lut_lookup(g, self.luts.tanh)
+        kept, kept_inside = ops.saturate(ops.mul_rounded(f, c, n_frac, rounding), lstm.cell_bits)
+        written, written_inside = ops.saturate(ops.mul_rounded(i, g, 2 * n_frac - c_frac, rounding), lstm.cell_bits)
+        unsaturated = kept + written
+        c_new, cell_inside = ops.saturate(unsaturated, lstm.cell_bits)
+        c_new = c_new.float()
+        factor, shift = self._cell_to_gate_format(c_frac)
+        cell_gate, cell_gate_inside = ops.saturate(ops.mul_rounded(c_new, torch.tensor(factor), shift, rounding), lstm.gate.bits)
+        cell_gate = cell_gate.float()
+        squashed = ops.lut_lookup(cell_gate, self.luts.tanh)
+        product = o.double() * squashed.double()  # < 2**30: exact in float64, not float32
+        h_new, h_inside = ops.saturate(
+            ops.requantized_codes(product, k.m_out, k.shift_out, k.h_zero_point, rounding, order), lstm.hidden_bits
+        )
+        record = _Step(
+            h_prev=h, acc_inside=acc_inside, gates=gates, gates_inside=gates_inside, ifgo=torch.cat([i, f, g, o], -1),
+            c_prev=c, kept_inside=kept_inside, written_inside=written_inside, cell_inside=cell_inside,
+            cell_gate=cell_gate, cell_gate_inside=cell_gate_inside, squashed=squashed, h_inside=h_inside,
+            product_range=torch.stack([product.min(), product.max()]),
+            cell_range=torch.stack([unsaturated.min(), unsaturated.max()]),
+        )  # fmt: skip
+        return h_new.float(), c_new, record
+
+    def recurrence(
+        self, k: _Integers, from_input: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: bool = False
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[_Step]]:
+        """The integer recurrence, no gradient: ``from_input (N, T, 4H)`` gate codes, state codes
+        ``(N, H)`` -> ``(y (N, T, H), h_T, c_T, records)``, the records stacked ``(T, N, ...)``
+        if ``keep``. Observes the hidden and cell ranges in training (used from the next call on)."""
+        c_frac = k.cell_frac_bits
+        outputs: List[torch.Tensor] = []
+        records: List[_Step] = []
+        with torch.no_grad():
+            for t in range(from_input.size(1)):
+                h, c, record = self._step(k, c_frac, from_input[:, t], h, c)
+                outputs.append(h)
+                records.append(record)
+            if self.training and records:
+                n_frac = self.spec.lstm.nonlinearity.frac_bits
+                self.hidden_observer.observe(torch.cat([r.product_range for r in records]) * 2.0 ** (-2 * n_frac))
+                self.cell_observer.observe(torch.cat([r.cell_range for r in records]) * 2.0**-c_frac)
+        y = torch.stack(outputs, dim=1) if outputs else from_input.new_zeros(from_input.size(0), 0, self.hidden_size)
+        stacked = _Step(*(None if v[0] is None else torch.stack(v) for v in zip(*records))) if keep and records else None
+        return y, h, c, stacked
 
     def forward_integers(
         self, x_q: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """The NNA's integers: ``x_q (N, T, K)`` input codes and state codes ``(h, c)``, each
-        ``(N, H)`` -> ``(y (N, T, H), (h_T, c_T))`` codes, integer-valued float32. Observes the
-        hidden and cell ranges in training (used from the next call on)."""
-        spec, lstm, acc = self.spec, self.spec.lstm, self.spec.accumulator
+        ``(N, H)`` -> ``(y (N, T, H), (h_T, c_T))`` codes, integer-valued float32, with
+        straight-through gradients (:class:`_Recurrence`). Observes the hidden and cell ranges
+        in training (used from the next call on)."""
+        spec, acc = self.spec, self.spec.accumulator
         rounding, order = spec.requantization.rounding, spec.requantization.zero_point
         k = self._integers()
-        n_frac, c_frac = lstm.nonlinearity.frac_bits, k.cell_frac_bits
-        gate_low, gate_high = ref.int_range(lstm.gate.bits)
-        cell_low, cell_high = ref.int_range(lstm.cell_bits)
         # The input contributions of all steps at once: they do not depend on the state.
         from_input = ops.requantize_output(
             ops.accumulate(x_q, k.w_x, acc.bits, acc.overflow, k.x_zero_point, k.bias),
-            k.m_x, k.shift_x, 0, lstm.gate.bits, rounding, order,
+            k.m_x, k.shift_x, 0, spec.lstm.gate.bits, rounding, order,
         )  # fmt: skip
         h, c = state
-        outputs: List[torch.Tensor] = []
-        observed_h: List[torch.Tensor] = []
-        observed_c: List[torch.Tensor] = []
-        for t in range(x_q.size(1)):
-            acc_h = ops.accumulate(h, k.w_h, acc.bits, acc.overflow, k.h_zero_point)
-            from_hidden = ops.requantize(acc_h, k.m_h, k.shift_h, rounding)
-            gates = (from_input[:, t].double() + from_hidden).clamp(gate_low, gate_high).float()
-            i, f, g, o = gates.chunk(4, dim=-1)
-            i, f, o = (ops.lut_lookup(v, self.luts.sigmoid) for v in (i, f, o))
-            g = ops.lut_lookup(g, self.luts.tanh)
-            kept = ops.mul(f, c, n_frac, lstm.cell_bits, rounding)
-            written = ops.mul(i, g, 2 * n_frac - c_frac, lstm.cell_bits, rounding)
-            unsaturated = kept + written
-            c = unsaturated.clamp(cell_low, cell_high)
-            squashed = ops.lut_lookup(self._cell_to_gate_format(c, c_frac), self.luts.tanh)
-            product = o.double() * squashed.double()  # < 2**30: exact in float64, not float32
-            h = ops.requantize_output(product, k.m_out, k.shift_out, k.h_zero_point, lstm.hidden_bits, rounding, order)
-            outputs.append(h)
-            if self.training:
-                observed_h.append(torch.stack([product.detach().min(), product.detach().max()]))
-                observed_c.append(torch.stack([unsaturated.detach().min(), unsaturated.detach().max()]))
-        if observed_h:
-            self.hidden_observer.observe(torch.cat(observed_h) * 2.0 ** (-2 * n_frac))
-            self.cell_observer.observe(torch.cat(observed_c) * 2.0**-c_frac)
-        y = torch.stack(outputs, dim=1) if outputs else x_q.new_zeros(x_q.size(0), 0, self.hidden_size)
+        if ops.needs_grad(from_input, k.w_h, h, c):
+            y, h, c = _Recurrence.apply(self, k, from_input, k.w_h, h, c)
+        else:
+            y, h, c, _ = self.recurrence(k, from_input, h, c)
         return y, (h, c)
 
     # ---- float interface ----
@@ -234,3 +294,79 @@ class NnaLstm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
+
+
+def _table_derivative(x: torch.Tensor, lut) -> torch.Tensor:
+    """``f'(x * 2**-in_frac) * 2**(out_frac - in_frac)``: the true function's derivative in
+    integer units at table input codes ``x`` (sigmoid' = s(x) s(-x), tanh' = 4 s(2x) s(-2x):
+    no cancellation near saturation)."""
+    scale = 2.0 ** (lut.output.frac_bits - lut.input.frac_bits)
+    u = x * 2.0**-lut.input.frac_bits
+    if lut.function == "tanh":
+        return torch.sigmoid(2 * u) * torch.sigmoid(-2 * u) * (4 * scale)
+    return torch.sigmoid(u) * torch.sigmoid(-u) * scale
+
+
+class _Recurrence(torch.autograd.Function):
+    """The integer recurrence with the straight-through gradients of ``ops`` written out by hand.
+
+    Autograd through the step's dozen operators costs several times the integer step itself;
+    here the forward pass keeps what each step saturated and the backward pass runs the chain
+    rule once per step: rounding is the identity, a saturation passes gradients where it did
+    not clip, a requantization multiplies by its real multiplier, a table by the true
+    function's derivative. ``tests/test_nna_lstm.py`` checks it against autograd through ``ops``.
+    """
+
+    @staticmethod
+    def forward(ctx, layer: NnaLstm, k: _Integers, from_input, w_h, h0, c0):  # type: ignore[override]
+        y, h, c, record = layer.recurrence(k, from_input.detach(), h0.detach(), c0.detach(), keep=True)
+        ctx.layer, ctx.k = layer, k
+        ctx.record = record
+        ctx.save_for_backward(w_h)
+        ctx.empty = record is None
+        return y, h, c
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h, grad_c):  # type: ignore[override]
+        (w_h,) = ctx.saved_tensors
+        layer, k, r = ctx.layer, ctx.k, ctx.record
+        if ctx.empty:
+            return None, None, torch.zeros(grad_y.shape[:2] + (w_h.size(0),)), torch.zeros_like(w_h), grad_h, grad_c
+        n_frac, c_frac = layer.spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
+        steps = r.gates.size(0)
+        w = w_h.detach().float()
+        r_h = ops.real_multiplier(k.m_h, k.shift_h).float()  # (4H,)
+        r_out = float(ops.real_multiplier(k.m_out, k.shift_out))
+        kept_scale, written_scale = 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac)
+        factor, shift = layer._cell_to_gate_format(c_frac)
+        cell_gate_scale = factor * 2.0**-shift
+        sigmoid_lut, tanh_lut = layer.luts
+        # Table derivatives of every step at once: i, f, o through sigmoid, g through tanh.
+        i_x, f_x, g_x, o_x = r.gates.chunk(4, dim=-1)
+        slopes = torch.cat(
+            [_table_derivative(i_x, sigmoid_lut), _table_derivative(f_x, sigmoid_lut),
+             _table_derivative(g_x, tanh_lut), _table_derivative(o_x, sigmoid_lut)], dim=-1,
+        ) * r.gates_inside  # fmt: skip
+        squash_slope = _table_derivative(r.cell_gate, tanh_lut) * (cell_gate_scale * r.cell_gate_inside)
+        i, f, g, o = r.ifgo.chunk(4, dim=-1)
+        grad_gates = torch.empty_like(r.gates)
+        dh = torch.zeros_like(r.squashed[0]) if grad_h is None else grad_h.float().clone()
+        dc = torch.zeros_like(r.squashed[0]) if grad_c is None else grad_c.float().clone()
+        grad_y = grad_y.float() if grad_y is not None else None
+        for t in range(steps - 1, -1, -1):
+            if grad_y is not None:
+                dh = dh + grad_y[:, t]
+            d_product = dh * (r_out * r.h_inside[t])
+            d_o = d_product * r.squashed[t]
+            dc = (dc + d_product * o[t] * squash_slope[t]) * r.cell_inside[t]
+            d_kept = dc * (kept_scale * r.kept_inside[t])
+            d_written = dc * (written_scale * r.written_inside[t])
+            d_gate = torch.cat([d_written * g[t], d_kept * r.c_prev[t], d_written * i[t], d_o], dim=-1) * slopes[t]
+            grad_gates[t] = d_gate
+            d_acc = d_gate * r_h if r.acc_inside is None else d_gate * r_h * r.acc_inside[t]
+            dh = d_acc @ w
+            dc = d_kept * f[t]
+        # The recurrent weight's gradient, all steps in one matmul: sum_t d_acc_t^T (h_{t-1} - z_h).
+        d_acc_all = grad_gates * r_h if r.acc_inside is None else grad_gates * r_h * r.acc_inside
+        grad_w = torch.einsum("tnj,tnk->jk", d_acc_all, r.h_prev - k.h_zero_point)
+        return None, None, grad_gates.transpose(0, 1), grad_w, dh, dc

@@ -16,6 +16,7 @@ Argument conventions (multiplier, shift, rounding modes) are those of ``referenc
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Union
 
 import numpy as np
@@ -48,7 +49,7 @@ def _floor_div_pow2(numerator: torch.Tensor, exponent: IntTensor) -> torch.Tenso
     return torch.bitwise_right_shift(numerator, _long(exponent))
 
 
-def _needs_grad(*tensors) -> bool:
+def needs_grad(*tensors) -> bool:
     """Whether a gradient will flow back through these inputs: if not, the ops skip building
     their straight-through surrogates (inference, calibration, the LSTM's integer pass)."""
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
@@ -73,7 +74,7 @@ def quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, bits
     low, high = int_range(bits)
     scaled = x.float() / torch.as_tensor(scale, dtype=torch.float32)
     unclamped = torch.round(scaled.detach()) + zero_point
-    if not _needs_grad(x, scale):
+    if not needs_grad(x, scale):
         return unclamped.clamp(low, high)
     inside = (unclamped >= low) & (unclamped <= high)
     return straight_through(unclamped.clamp(low, high), scaled * inside)
@@ -89,16 +90,19 @@ def fake_quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int,
     return dequantize(quantize(x, scale, zero_point, bits), scale, zero_point)
 
 
-def exact_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def exact_linear(x: torch.Tensor, weight: torch.Tensor, weight_max_abs: Optional[float] = None) -> torch.Tensor:
     """``x (..., K) @ weight (N, K).T`` for integer-valued tensors, exact, float64 ``(..., N)``.
 
     float32 sums are exact only up to 2**24, which an int8 dot product passes once
     ``K * max|x| * max|w| > 2**24`` (K > 1032 at full range). The K axis is therefore cut into
     chunks whose partial sums stay below 2**24, each multiplied in float32 (fast, exact) and
-    summed in float64 (exact up to 2**53).
+    summed in float64 (exact up to 2**53). ``weight_max_abs``: ``max|weight|`` if known (a
+    recurrent layer reuses its weight every step).
     """
     x32, w32 = x.float(), weight.float()
-    largest_term = float(x32.detach().abs().amax()) * float(w32.detach().abs().amax()) if x.numel() else 0.0
+    if weight_max_abs is None:
+        weight_max_abs = float(w32.detach().abs().amax())
+    largest_term = float(x32.detach().abs().amax()) * weight_max_abs if x.numel() else 0.0
     k = x.size(-1)
     chunk = k if largest_term == 0 else max(1, min(k, int(FLOAT32_EXACT // largest_term)))
     total = x32[..., :chunk] @ w32[:, :chunk].T
@@ -129,11 +133,16 @@ def accumulate(
     total = exact_linear(x - x_zero_point, weight)
     if bias is not None:
         total = total + bias.double()
-    low, high = int_range(acc_bits)
     if overflow == "saturate":
-        return total.clamp(low, high)
-    wrapped = torch.remainder(total.detach() - low, 2.0**acc_bits) + low
-    return straight_through(wrapped, total) if _needs_grad(total) else wrapped
+        return saturate(total, acc_bits)[0]
+    wrapped = wrap(total.detach(), acc_bits)
+    return straight_through(wrapped, total) if needs_grad(total) else wrapped
+
+
+def wrap(total: torch.Tensor, bits: int) -> torch.Tensor:
+    """Two's-complement wrap-around of integer-valued ``total`` into ``bits`` bits (no gradient)."""
+    low, _ = int_range(bits)
+    return torch.remainder(total.detach() - low, 2.0**bits) + low
 
 
 def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -175,9 +184,35 @@ def requantize(acc: torch.Tensor, multiplier: IntTensor, shift: IntTensor, round
     if int(_long(shift).max()) > MAX_EXACT_FLOAT64_SHIFT:
         raise ValueError(f"shift must be <= {MAX_EXACT_FLOAT64_SHIFT} for an exact float64 result")
     value = _requantize_long(acc.detach(), multiplier, shift, rounding).double()
-    if not _needs_grad(acc):
+    if not needs_grad(acc):
         return value
     return straight_through(value, acc.double() * real_multiplier(multiplier, shift))
+
+
+def requantized_codes(
+    acc: torch.Tensor,
+    multiplier: IntTensor,
+    shift: IntTensor,
+    zero_point: IntTensor,
+    rounding: str,
+    zero_point_order: str = "after_rounding",
+) -> torch.Tensor:
+    """``reference.requantize_output`` before saturation: the rounded, rescaled accumulator with
+    its zero point added (int64, the broadcast shape; no gradient)."""
+    zero_point = _long(zero_point)
+    if zero_point_order == "after_rounding":
+        return _requantize_long(acc.detach(), multiplier, shift, rounding) + zero_point
+    if zero_point_order == "before_rounding" and rounding == "fp32_rne":
+        product = acc.detach().float() * real_multiplier(multiplier, shift).float()
+        return torch.round(product + zero_point.float()).long()
+    raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+
+
+def saturate(value: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``value`` clamped to the signed ``bits``-bit range, and where it was inside it (bool):
+    the clipped straight-through estimator passes gradients there."""
+    low, high = int_range(bits)
+    return value.clamp(low, high), (value >= low) & (value <= high)
 
 
 def requantize_output(
@@ -196,20 +231,12 @@ def requantize_output(
     """
     if out_bits > 24:
         raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
-    zero_point = _long(zero_point)
-    if zero_point_order == "after_rounding":
-        value = _requantize_long(acc.detach(), multiplier, shift, rounding) + zero_point
-    elif zero_point_order == "before_rounding" and rounding == "fp32_rne":
-        product = acc.detach().float() * real_multiplier(multiplier, shift).float()
-        value = torch.round(product + zero_point.float()).long()
-    else:
-        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
-    low, high = int_range(out_bits)
-    if not _needs_grad(acc):
-        return value.clamp(low, high).float()
-    inside = (value >= low) & (value <= high)
+    value = requantized_codes(acc, multiplier, shift, zero_point, rounding, zero_point_order)
+    if not needs_grad(acc):
+        return saturate(value, out_bits)[0].float()
+    value, inside = saturate(value, out_bits)
     surrogate = acc.double() * real_multiplier(multiplier, shift) * inside
-    return straight_through(value.clamp(low, high).float(), surrogate.float())
+    return straight_through(value.float(), surrogate.float())
 
 
 def add(
@@ -229,29 +256,59 @@ def add(
     return requantize_output(a_scaled + b_scaled, *params.out, out_zero_point, out_bits, rounding)
 
 
-def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: str) -> torch.Tensor:
-    """``reference.mul``: 16-bit × 16-bit, rounding right shift, saturation. float32.
-
-    The product (< 2**30) and its division by 2**shift are exact in float64, so the roundings
-    are done there. Gradient: the product's, times 2**-shift, where not saturated.
-    """
+def mul_rounded(a: torch.Tensor, b: torch.Tensor, shift: int, rounding: str) -> torch.Tensor:
+    """``reference.mul`` before saturation: ``a * b`` (integer-valued, 16-bit) shifted right by
+    ``shift`` with the spec's rounding. float64 (the product, < 2**30, and its division by
+    ``2**shift`` are exact there); no gradient."""
     _check_rounding(rounding)
     scaled = a.detach().double() * b.detach().double() * 2.0**-shift
     if rounding == "fp32_rne":
-        rounded = torch.round(scaled)  # half to even
-    elif rounding == "double":
-        rounded = torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)
-    else:
-        rounded = torch.floor(scaled + 0.5)
-    low, high = int_range(out_bits)
-    if not _needs_grad(a, b):
-        return rounded.clamp(low, high).float()
-    inside = (rounded >= low) & (rounded <= high)
+        return torch.round(scaled)  # half to even
+    if rounding == "double":
+        return torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)
+    return torch.floor(scaled + 0.5)
+
+
+def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: str) -> torch.Tensor:
+    """``reference.mul``: 16-bit × 16-bit, rounding right shift, saturation. float32.
+
+    Gradient: the product's, times 2**-shift, where not saturated.
+    """
+    rounded = mul_rounded(a, b, shift, rounding)
+    if not needs_grad(a, b):
+        return saturate(rounded, out_bits)[0].float()
+    value, inside = saturate(rounded, out_bits)
     surrogate = a.double() * b.double() * 2.0**-shift * inside
-    return straight_through(rounded.clamp(low, high).float(), surrogate.float())
+    return straight_through(value.float(), surrogate.float())
 
 
 _TRUE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+def _table_values(position: torch.Tensor, lut: Lut) -> torch.Tensor:
+    """The table's output codes (int64) at ``position = code - lowest code``."""
+    table = torch.from_numpy(lut.table.copy())
+    bits = lut.segment_bits
+    segment = 2**bits
+    if not lut.interpolate:
+        return table[_floor_div_pow2(position + segment // 2, bits)]
+    index = _floor_div_pow2(position, bits)
+    offset = position - index * segment
+    right = table[(index + 1).clamp_max(table.numel() - 1)]
+    slope = right - table[index]
+    return table[index] + _floor_div_pow2(slope * offset + segment // 2, bits)
+
+
+_MAX_EXPANDED_INPUT_BITS = 16
+_expanded: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def _expanded_table(lut: Lut) -> torch.Tensor:
+    """The lookup of every input code, float32 ``(2**input_bits,)``: one gather per lookup instead
+    of three and the interpolation arithmetic (built once per table)."""
+    if lut not in _expanded:
+        _expanded[lut] = _table_values(torch.arange(2**lut.input.bits), lut).float()
+    return _expanded[lut]
 
 
 def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
@@ -261,24 +318,17 @@ def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
     derivative in integer units.
     """
     low, _ = int_range(lut.input.bits)
-    table = torch.from_numpy(lut.table.copy())
-    bits = lut.segment_bits
-    segment = 2**bits
     position = x.detach().long() - low
-    if not lut.interpolate:
-        value = table[_floor_div_pow2(position + segment // 2, bits)]
+    if lut.input.bits <= _MAX_EXPANDED_INPUT_BITS:
+        value = _expanded_table(lut)[position]
     else:
-        index = _floor_div_pow2(position, bits)
-        offset = position - index * segment
-        right = table[(index + 1).clamp_max(table.numel() - 1)]
-        slope = right - table[index]
-        value = table[index] + _floor_div_pow2(slope * offset + segment // 2, bits)
-    if not _needs_grad(x):
-        return value.float()
+        value = _table_values(position, lut).float()
+    if not needs_grad(x):
+        return value
     true_function = _TRUE_FUNCTIONS[lut.function]
     # float64: in float32, sigmoid's 1 - y near saturation cancels to a few significant bits.
     surrogate = true_function(x.double() * 2.0**-lut.input.frac_bits) * 2.0**lut.output.frac_bits
-    return straight_through(value.float(), surrogate.float())
+    return straight_through(value, surrogate.float())
 
 
 def embedding_lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -296,9 +346,13 @@ __all__ = [
     "fake_quantize",
     "lut_lookup",
     "mul",
+    "mul_rounded",
     "quantize",
     "real_multiplier",
     "requantize",
     "requantize_output",
+    "requantized_codes",
+    "saturate",
     "saturating_rounding_doubling_high_mul",
+    "wrap",
 ]
