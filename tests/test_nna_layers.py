@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -182,6 +183,26 @@ def test_joiner_tanh_gradient_is_the_true_derivative():
     assert 0 < inside.sum() < 300
     expected = (1 - torch.tanh(x) ** 2) * torch.from_numpy(inside)
     assert torch.allclose(a.grad.double(), expected, atol=1e-5)
+
+
+def test_joiner_pair_table_equals_the_operators_values_and_gradients():
+    """The 256 x 256 table of every input pair gives the ops' output codes and straight-through
+    gradients, broadcasting as frames x symbols."""
+    spec = BASES[0]
+    a_source, b_source = calibrated_range(-6.0, 6.0), calibrated_range(-4.0, 4.0)
+    activation = NnaAddTanh(a_source, b_source, spec)
+    rng = np.random.default_rng(2)
+    a_q, b_q = codes(rng, (5, 1, 6)), codes(rng, (1, 3, 6))
+    results = []
+    for table in (True, False):
+        a = dequantized(a_q, a_source).requires_grad_()
+        b = dequantized(b_q, b_source).requires_grad_()
+        with patch("nnaqat.nna.layers.MAX_PAIR_TABLE_BITS", 8 if table else 0):
+            out = activation(a, b)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out.detach(), a.grad, b.grad))
+    for tabled, direct in zip(*results):
+        assert torch.allclose(tabled, direct, rtol=1e-6, atol=1e-6) and float(direct.abs().max()) > 0
 
 
 # ---- embedding -------------------------------------------------------------------------------

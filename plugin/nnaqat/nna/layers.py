@@ -27,10 +27,15 @@ from nnaqat.nna.linear import (
 from nnaqat.nna.lut import spec_lut
 from nnaqat.nna.ranges import FixedRange, RangeSource, TiedRange
 from nnaqat.nna.spec import NnaSpec, WeightFormat
+from nnaqat.quant.fake_quant import straight_through
 
 # Fractional bits each input keeps before the rescale of an add: (a - z_a) << shift stays
 # below 2**28 for inputs of up to 28 - shift bits (TFLite keeps 20 for int8).
 ADD_HEADROOM_BITS = 28
+
+
+# Two-input ops on inputs of up to this many bits are evaluated through a table of every input pair.
+MAX_PAIR_TABLE_BITS = 8
 
 
 def add_left_shift(input_bits: int) -> int:
@@ -228,20 +233,47 @@ class NnaAddTanh(nn.Module):
         to_output = ref.quantize_multiplier(2.0**-self.spec.lstm.nonlinearity.frac_bits / out_scale)
         return AddOpParams(fixed_point, a_zero_point, b_zero_point, 0), to_output
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized."""
+    def integer_op(self, a_q: torch.Tensor, b_q: torch.Tensor) -> torch.Tensor:
+        """Output codes of the integer op for input codes ``a_q``, ``b_q`` (broadcasting), with
+        the ops' straight-through gradients."""
         spec = self.spec
         rounding = spec.requantization.rounding
-        bits = spec.activations.bits
-        a_q, _ = _quantize_with(self.a_range, a, bits)
-        b_q, _ = _quantize_with(self.b_range, b, bits)
         add, to_output = self._constants()
         total = ops.add(
             a_q, add.a_zero_point, b_q, add.b_zero_point, add.fixed_point, add.out_zero_point,
             spec.lstm.gate.bits, rounding,
         )  # fmt: skip
         squashed = ops.lut_lookup(total, self.tanh)
-        out_q = ops.requantize_output(squashed, *to_output, 0, bits, rounding, spec.requantization.zero_point)
+        return ops.requantize_output(squashed, *to_output, 0, spec.activations.bits, rounding, spec.requantization.zero_point)
+
+    def _pair_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The op and its two partial derivatives at every pair of input codes, float32
+        ``(2**bits, 2**bits)`` each, indexed by ``(a_q - low, b_q - low)``: with int8 inputs the
+        joiner's whole lattice is then three gathers (it is the step's largest tensor)."""
+        low, high = ref.int_range(self.spec.activations.bits)
+        codes = torch.arange(low, high + 1, dtype=torch.float32)
+        a = codes[:, None].expand(codes.numel(), codes.numel()).clone().requires_grad_()
+        b = codes[None, :].expand(codes.numel(), codes.numel()).clone().requires_grad_()
+        with torch.enable_grad():
+            out = self.integer_op(a, b)
+            grad_a, grad_b = torch.autograd.grad(out.sum(), (a, b))  # each output depends on its own pair only
+        return out.detach(), grad_a, grad_b
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized."""
+        bits = self.spec.activations.bits
+        a_q, _ = _quantize_with(self.a_range, a, bits)
+        b_q, _ = _quantize_with(self.b_range, b, bits)
+        if bits > MAX_PAIR_TABLE_BITS:
+            out_q = self.integer_op(a_q, b_q)
+        else:
+            value, grad_a, grad_b = self._pair_tables()
+            low, _ = ref.int_range(bits)
+            pair = (a_q.detach().long() - low) * 2**bits + (b_q.detach().long() - low)
+            out_q = value.flatten()[pair]
+            if ops.needs_grad(a_q, b_q):
+                surrogate = a_q * grad_a.flatten()[pair] + b_q * grad_b.flatten()[pair]
+                out_q = straight_through(out_q, surrogate)
         return ops.dequantize(out_q, self.output_range.scale, 0)
 
     @torch.no_grad()

@@ -368,5 +368,5 @@ class _Recurrence(torch.autograd.Function):
             dc = d_kept * f[t]
         # The recurrent weight's gradient, all steps in one matmul: sum_t d_acc_t^T (h_{t-1} - z_h).
         d_acc_all = grad_gates * r_h if r.acc_inside is None else grad_gates * r_h * r.acc_inside
-        grad_w = torch.einsum("tnj,tnk->jk", d_acc_all, r.h_prev - k.h_zero_point)
+        grad_w = d_acc_all.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
         return None, None, grad_gates.transpose(0, 1), grad_w, dh, dc
