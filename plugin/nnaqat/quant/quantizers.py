@@ -257,8 +257,11 @@ class S8bqatQuantizer(WeightQuantizer):
             levels, scale = self.codebook(name)
             s = channel_view(scale.detach(), latent)
             value, grad = mracos_and_grad(latent.detach() / s, levels.float())
+            # An all-zero channel (the blank's embedding row) has the floor scale: no pull, or its
+            # gradient in float units would overflow and the clipped step would zero every other.
+            live = s > torch.finfo(torch.float32).tiny
+            value, grad = value * live, torch.where(live, grad / s, 0.0).mul_(weight / count)
             total += float(value.sum())
-            grad = grad.div_(s).mul_(weight / count)
             if latent.grad is None:
                 latent.grad = grad
             else:
