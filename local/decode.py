@@ -61,8 +61,8 @@ def main() -> None:
     if args.engine == "integer":
         if getattr(model, "nna_spec", None) is None:
             raise SystemExit("--engine integer needs an NNA checkpoint (trained with --nna-spec) or --nna-spec")
-        if args.method != "greedy_search" or args.blank_penalty:
-            raise SystemExit("--engine integer decodes with greedy_search and no blank penalty")
+        if args.method != "greedy_search":
+            raise SystemExit("--engine integer decodes with greedy_search")
         suffix += "-integer" + (f"-chunk-{args.chunk_frames}" if args.chunk_frames else "")
     out_dir = args.exp_dir / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def main() -> None:
         raise SystemExit("nothing to decode: give --cuts NAME=manifest and/or --wavs")
     for name, cuts in test_sets:
         if args.engine == "integer":
-            results = integer_decode_cuts(model, cuts, tokenizer, args.chunk_frames or None)
+            results = integer_decode_cuts(model, cuts, tokenizer, args.chunk_frames or None, args.blank_penalty)
         else:
             results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration,
                                    blank_penalty=args.blank_penalty)

@@ -145,6 +145,24 @@ def test_greedy_hypotheses_identical_streaming_or_not(converted, dev, chunk_fram
     assert sum(len(h) for h in engine_hyps) > 2 * len(engine_hyps)  # real hypotheses, not empty ones
 
 
+@pytest.mark.parametrize("blank_penalty", [1.0, 2.5])
+def test_blank_penalty_gives_the_same_hypotheses_in_both(converted, dev, tokenizer, blank_penalty):
+    """The penalty, in logits for the torch search and in logit codes for the engine's, changes
+    hypotheses (fewer deletions) identically in both."""
+    _, _, _, x_lens = dev
+    model = converted.model
+    with torch.no_grad():
+        hyps = greedy_search(model, converted.encoder_out, converted.encoder_lens, blank_penalty=blank_penalty)
+    scale, _ = model.joiner.output_linear.output_observer.scale_and_zero_point()
+    engine_hyps = [
+        converted.engine.decode(converted.features[i, :frames].numpy(), 3, blank_penalty / float(scale))
+        for i, frames in enumerate(x_lens.tolist())
+    ]
+    changed = sum(a != b for a, b in zip(hyps, converted.hyps))
+    print(f"[{converted.spec_name}] penalty {blank_penalty}: {changed} of {len(hyps)} hypotheses changed by it")
+    assert engine_hyps == hyps and changed > 0
+
+
 def test_integer_models_make_real_hypotheses(converted, small_checkpoint, dev, tokenizer):
     """The comparisons above are between real hypotheses, and the default-spec integer model
     (no emulation in training) decodes as well as the float model, within 5 % absolute."""

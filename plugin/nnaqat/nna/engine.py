@@ -78,11 +78,16 @@ class EncoderStream:
 
 
 class GreedySearch:
-    """Greedy search state of one utterance: at most one symbol per encoder frame."""
+    """Greedy search state of one utterance: at most one symbol per encoder frame.
 
-    def __init__(self, engine: IntegerTransducer) -> None:
+    ``blank_penalty`` is subtracted from the blank's logit code before the argmax (the search
+    runs on the CPU): a penalty of ``p`` in logits is ``p / logit_scale`` codes.
+    """
+
+    def __init__(self, engine: IntegerTransducer, blank_penalty: float = 0.0) -> None:
         self.engine = engine
         model = engine.model
+        self.blank_penalty = blank_penalty
         self.context = [model.blank_id] * model.predictor.context_size
         self.decoder_out = engine.predict(self.context)  # after the initial blank
         self.tokens: List[int] = []
@@ -91,7 +96,11 @@ class GreedySearch:
         """Consumes encoder output codes ``(m, d_model)``."""
         blank = self.engine.model.blank_id
         for projected in self.engine.project_encoder(encoder_out):
-            token = int(np.argmax(self.engine.join(projected, self.decoder_out)))  # first maximum on ties
+            scores = self.engine.join(projected, self.decoder_out)
+            if self.blank_penalty:
+                scores = scores.astype(np.float64)
+                scores[blank] -= self.blank_penalty
+            token = int(np.argmax(scores))  # first maximum on ties
             if token != blank:
                 self.tokens.append(token)
                 self.context = self.context[1:] + [token]
@@ -171,18 +180,19 @@ class IntegerTransducer:
         return self._linear(activation, joiner.output_linear)
 
     # ---- search ----
-    def greedy_search(self, encoder_out: np.ndarray) -> List[int]:
-        """Token ids of encoder output codes ``(T', d_model)``."""
-        search = GreedySearch(self)
+    def greedy_search(self, encoder_out: np.ndarray, blank_penalty: float = 0.0) -> List[int]:
+        """Token ids of encoder output codes ``(T', d_model)`` (``blank_penalty`` in logit codes)."""
+        search = GreedySearch(self, blank_penalty)
         search.advance(encoder_out)
         return search.tokens
 
-    def decode(self, features: ArrayLike, chunk_frames: Optional[int] = None) -> List[int]:
+    def decode(self, features: ArrayLike, chunk_frames: Optional[int] = None, blank_penalty: float = 0.0) -> List[int]:
         """Normalised features ``(T, F)`` -> token ids, streaming: the input arrives in chunks of
         ``chunk_frames`` encoder frames (``f * chunk_frames`` input frames; whole when None) and
-        each chunk's encoder frames are searched before the next arrives."""
+        each chunk's encoder frames are searched before the next arrives (``blank_penalty`` in
+        logit codes)."""
         codes = self.quantize_features(features)
-        stream, search = self.encoder_stream(), GreedySearch(self)
+        stream, search = self.encoder_stream(), GreedySearch(self, blank_penalty)
         step = len(codes) if chunk_frames is None else self.model.encoder.subsampling_factor * chunk_frames
         for start in range(0, len(codes), max(step, 1)):
             search.advance(stream.accept(codes[start : start + step]))

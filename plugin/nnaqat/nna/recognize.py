@@ -44,18 +44,22 @@ def calibrate_on_cuts(
 
 
 def integer_decode_cuts(
-    model: Transducer, cuts: Iterable, tokenizer: Tokenizer, chunk_frames: Optional[int] = None
+    model: Transducer, cuts: Iterable, tokenizer: Tokenizer, chunk_frames: Optional[int] = None,
+    blank_penalty: float = 0.0,
 ) -> List[Result]:
     """Greedy-search results ``(cut_id, reference words, hypothesis words)`` of the integer
     engine running ``model``'s exported integers, streaming in chunks of ``chunk_frames``
-    encoder frames (whole utterances when None). Cuts with audio only are featurised here."""
+    encoder frames (whole utterances when None). Cuts with audio only are featurised here.
+    ``blank_penalty`` is in logits, as the torch search's."""
     engine = IntegerTransducer(export_integer_model(model))
+    logit_scale, _ = model.joiner.output_linear.output_observer.scale_and_zero_point()
+    penalty_codes = blank_penalty / float(logit_scale)
     results: List[Result] = []
     for cut in cuts:
         with torch.no_grad():
             features = features_of(cut)
             normalised = model.encoder.front_end(features[None], torch.tensor([features.size(0)]))[0][0].numpy()
-        tokens = engine.decode(normalised, chunk_frames)
+        tokens = engine.decode(normalised, chunk_frames, penalty_codes)
         results.append((cut.id, cut.supervisions[0].text.split(), tokenizer.decode(tokens).split()))
     return results
 
