@@ -104,8 +104,9 @@ def main() -> None:
             if runtime.parts:
                 method = f"{runtime} {method}"
                 stats = summary.with_name(summary.name.replace("wer-summary-", "stats-")).with_suffix(".json")
-                if stats.is_file():  # a runtime's own model files (e.g. ONNX): their size on disk
-                    size_text = f"{json.loads(stats.read_text())['model_bytes']:,} (model files)"
+                model_bytes = json.loads(stats.read_text()).get("model_bytes") if stats.is_file() else None
+                if model_bytes is not None:  # a runtime's own model files (e.g. ONNX): their size on disk
+                    size_text = f"{model_bytes:,} (model files)"
             print(f"| {exp_dir.name} | {params} | {seconds} | {bits} | {size_text} | {method} ({match['suffix']}) "
                   f"| {match['set']} | {wer} |")
             wers.setdefault((method, match["suffix"], match["set"]), []).append(float(wer))

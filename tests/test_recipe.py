@@ -52,14 +52,18 @@ def test_results_table_lists_pytorch_and_runtime_decodes(tmp_path):
     summaries = {
         exp / "greedy_search" / "wer-summary-test-epoch-8-avg-2.txt": "greedy_search\t1.23",
         exp / "sherpa-onnx" / "greedy_search" / "wer-summary-test-int8-qat-chunk-2.txt": "greedy_search\t1.30",
+        exp / "streaming" / "greedy_search" / "wer-summary-test-epoch-8-avg-2-chunk-2.txt": "greedy_search\t1.23",
     }
     for path, row in summaries.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"settings\tWER\n{row}\n")
     (exp / "sherpa-onnx" / "greedy_search" / "stats-test-int8-qat-chunk-2.json").write_text('{"model_bytes": 1234567}')
+    # PyTorch streaming's figures (RTF, latency) have no model files of their own.
+    (exp / "streaming" / "greedy_search" / "stats-test-epoch-8-avg-2-chunk-2.json").write_text('{"rtf": 0.001}')
     done = subprocess.run([sys.executable, str(REPO / "local/results_table.py"), "--exp-dir", str(exp)],
                           capture_output=True, text=True, check=True)
     rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32 ")]
-    assert len(rows) == 2
+    assert len(rows) == 3
     assert "| greedy_search (epoch-8-avg-2) | test | 1.23 |" in rows[0]
     assert "| 1,234,567 (model files) | sherpa-onnx greedy_search (int8-qat-chunk-2) | test | 1.30 |" in rows[1]
+    assert "| ? | streaming greedy_search (epoch-8-avg-2-chunk-2) | test | 1.23 |" in rows[2]
