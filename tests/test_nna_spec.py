@@ -30,6 +30,8 @@ def test_harsh_spec_file():
     assert spec.lstm.gate.bits == 8 and spec.lstm.nonlinearity.bits == 8 and spec.lstm.cell_bits == 8
     assert (spec.lut.size, spec.lut.interpolate) == (65, False)
     assert (spec.accumulator.bits, spec.accumulator.overflow) == (20, "saturate")
+    narrow = NnaSpec.from_yaml(CONF / "harsh-acc19.yaml")  # the same NNA with one accumulator bit less
+    assert narrow == dataclasses.replace(spec, accumulator=dataclasses.replace(spec.accumulator, bits=19))
 
 
 def test_spec_is_frozen():
