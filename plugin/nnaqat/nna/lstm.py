@@ -229,18 +229,23 @@ class NnaLstm(nn.Module):
         if ``keep``. Observes the hidden and cell ranges in training (used from the next call on)."""
         c_frac = k.cell_frac_bits
         outputs: List[torch.Tensor] = []
-        records: List[_Step] = []
+        records: List[_Step] = []  # kept for the backward pass only
+        product_ranges: List[torch.Tensor] = []
+        cell_ranges: List[torch.Tensor] = []
         with torch.no_grad():
             for t in range(from_input.size(1)):
                 h, c, record = self._step(k, c_frac, from_input[:, t], h, c)
                 outputs.append(h)
-                records.append(record)
-            if self.training and records:
+                product_ranges.append(record.product_range)
+                cell_ranges.append(record.cell_range)
+                if keep:
+                    records.append(record)
+            if self.training and outputs:
                 n_frac = self.spec.lstm.nonlinearity.frac_bits
-                self.hidden_observer.observe(torch.cat([r.product_range for r in records]) * 2.0 ** (-2 * n_frac))
-                self.cell_observer.observe(torch.cat([r.cell_range for r in records]) * 2.0**-c_frac)
+                self.hidden_observer.observe(torch.cat(product_ranges) * 2.0 ** (-2 * n_frac))
+                self.cell_observer.observe(torch.cat(cell_ranges) * 2.0**-c_frac)
         y = torch.stack(outputs, dim=1) if outputs else from_input.new_zeros(from_input.size(0), 0, self.hidden_size)
-        stacked = _Step(*(None if v[0] is None else torch.stack(v) for v in zip(*records))) if keep and records else None
+        stacked = _Step(*(None if v[0] is None else torch.stack(v) for v in zip(*records))) if records else None
         return y, h, c, stacked
 
     def forward_integers(
