@@ -222,6 +222,7 @@ class NnaAddTanh(nn.Module):
         self.a_range, self.b_range = TiedRange(a), TiedRange(b)
         self.tanh = spec_lut(spec, "tanh")
         self.output_range = FixedRange(1.0 / ref.int_range(spec.activations.bits)[1])
+        self._pair_cache: Optional[Tuple[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
 
     def _constants(self) -> Tuple[AddOpParams, ref.FixedPointMultiplier]:
         gate = self.spec.lstm.gate
@@ -249,7 +250,12 @@ class NnaAddTanh(nn.Module):
     def _pair_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The op and its two partial derivatives at every pair of input codes, float32
         ``(2**bits, 2**bits)`` each, indexed by ``(a_q - low, b_q - low)``: with int8 inputs the
-        joiner's whole lattice is then three gathers (it is the step's largest tensor)."""
+        joiner's whole lattice is then three gathers (it is the step's largest tensor). Built
+        again only when the op's integer constants change (calibration), not per call: greedy
+        search calls the joiner once per frame."""
+        constants = self._constants()
+        if self._pair_cache is not None and self._pair_cache[0] == constants:
+            return self._pair_cache[1]
         low, high = ref.int_range(self.spec.activations.bits)
         codes = torch.arange(low, high + 1, dtype=torch.float32)
         a = codes[:, None].expand(codes.numel(), codes.numel()).clone().requires_grad_()
@@ -257,7 +263,8 @@ class NnaAddTanh(nn.Module):
         with torch.enable_grad():
             out = self.integer_op(a, b)
             grad_a, grad_b = torch.autograd.grad(out.sum(), (a, b))  # each output depends on its own pair only
-        return out.detach(), grad_a, grad_b
+        self._pair_cache = (constants, (out.detach(), grad_a, grad_b))
+        return self._pair_cache[1]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized."""
