@@ -301,17 +301,6 @@ class NnaLstm(nn.Module):
         return f"{self.input_size}, {self.hidden_size}"
 
 
-def _table_derivative(x: torch.Tensor, lut) -> torch.Tensor:
-    """``f'(x * 2**-in_frac) * 2**(out_frac - in_frac)``: the true function's derivative in
-    integer units at table input codes ``x`` (sigmoid' = s(x) s(-x), tanh' = 4 s(2x) s(-2x):
-    no cancellation near saturation)."""
-    scale = 2.0 ** (lut.output.frac_bits - lut.input.frac_bits)
-    u = x * 2.0**-lut.input.frac_bits
-    if lut.function == "tanh":
-        return torch.sigmoid(2 * u) * torch.sigmoid(-2 * u) * (4 * scale)
-    return torch.sigmoid(u) * torch.sigmoid(-u) * scale
-
-
 class _Recurrence(torch.autograd.Function):
     """The integer recurrence with the straight-through gradients of ``ops`` written out by hand.
 
@@ -328,14 +317,13 @@ class _Recurrence(torch.autograd.Function):
         ctx.layer, ctx.k = layer, k
         ctx.record = record
         ctx.save_for_backward(w_h)
-        ctx.empty = record is None
         return y, h, c
 
     @staticmethod
     def backward(ctx, grad_y, grad_h, grad_c):  # type: ignore[override]
         (w_h,) = ctx.saved_tensors
         layer, k, r = ctx.layer, ctx.k, ctx.record
-        if ctx.empty:
+        if r is None:  # an empty sequence
             return None, None, torch.zeros(grad_y.shape[:2] + (w_h.size(0),)), torch.zeros_like(w_h), grad_h, grad_c
         n_frac, c_frac = layer.spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
         steps = r.gates.size(0)
@@ -349,12 +337,13 @@ class _Recurrence(torch.autograd.Function):
         # Table derivatives of every step at once: i, f, o through sigmoid, g through tanh.
         i_x, f_x, g_x, o_x = r.gates.chunk(4, dim=-1)
         slopes = torch.cat(
-            [_table_derivative(i_x, sigmoid_lut), _table_derivative(f_x, sigmoid_lut),
-             _table_derivative(g_x, tanh_lut), _table_derivative(o_x, sigmoid_lut)], dim=-1,
+            [ops.lut_derivative(i_x, sigmoid_lut), ops.lut_derivative(f_x, sigmoid_lut),
+             ops.lut_derivative(g_x, tanh_lut), ops.lut_derivative(o_x, sigmoid_lut)], dim=-1,
         ) * r.gates_inside  # fmt: skip
-        squash_slope = _table_derivative(r.cell_gate, tanh_lut) * (cell_gate_scale * r.cell_gate_inside)
+        squash_slope = ops.lut_derivative(r.cell_gate, tanh_lut) * (cell_gate_scale * r.cell_gate_inside)
         i, f, g, o = r.ifgo.chunk(4, dim=-1)
         grad_gates = torch.empty_like(r.gates)
+        grad_acc = torch.empty_like(r.gates)  # of the recurrent accumulator, for the weight's gradient
         dh = torch.zeros_like(r.squashed[0]) if grad_h is None else grad_h.float().clone()
         dc = torch.zeros_like(r.squashed[0]) if grad_c is None else grad_c.float().clone()
         grad_y = grad_y.float() if grad_y is not None else None
@@ -369,9 +358,9 @@ class _Recurrence(torch.autograd.Function):
             d_gate = torch.cat([d_written * g[t], d_kept * r.c_prev[t], d_written * i[t], d_o], dim=-1) * slopes[t]
             grad_gates[t] = d_gate
             d_acc = d_gate * r_h if r.acc_inside is None else d_gate * r_h * r.acc_inside[t]
+            grad_acc[t] = d_acc
             dh = d_acc @ w
             dc = d_kept * f[t]
         # The recurrent weight's gradient, all steps in one matmul: sum_t d_acc_t^T (h_{t-1} - z_h).
-        d_acc_all = grad_gates * r_h if r.acc_inside is None else grad_gates * r_h * r.acc_inside
-        grad_w = d_acc_all.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
+        grad_w = grad_acc.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
         return None, None, grad_gates.transpose(0, 1), grad_w, dh, dc
