@@ -251,8 +251,10 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     quantizer = quantize_(model, config)
     if variant == "learned":  # as after training: every codebook scale moved off its start
         with torch.no_grad():
-            for n, p in quantizer.named_parameters():
-                p.fill_(0.05 if n.startswith("log_gain__") else p)
+            gains = [p for n, p in quantizer.named_parameters() if n.startswith("log_gain__")]
+            assert len(gains) == len(quantizer.bits)
+            for gain in gains:
+                gain.fill_(0.05)
     simple, pruned = model(*batch())
     (simple + pruned).sum().backward()  # gradients reach the latent weights through the STE
     assert all(p.grad is not None for n, p in model.named_parameters() if "original" in n or name == "s8bqat")
