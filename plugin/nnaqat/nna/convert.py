@@ -26,6 +26,7 @@ from nnaqat.models.predictor import StatelessPredictor
 from nnaqat.models.transducer import Transducer
 from nnaqat.nna.linear import RangeObserver
 from nnaqat.nna.models import NnaAdditiveJoiner, NnaLstmEncoder, NnaStatelessPredictor
+from nnaqat.nna.placement import cpu_ops, place_
 from nnaqat.nna.spec import NnaSpec
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x, x_lens, y, y_lens
@@ -50,10 +51,12 @@ def nna_(model: Transducer, spec: NnaSpec, *, state_dict: Optional[dict] = None)
 
     Without ``state_dict`` the float weights carry over and the new ranges are uncalibrated
     (:func:`calibrate`); with it (a checkpoint of a converted model) everything is loaded from
-    it. ``model.nna_spec`` records the spec. The training-only simple heads stay float.
+    it. ``model.nna_spec`` records the spec. The training-only simple heads stay float, and so
+    do the ops the spec places on the CPU (``placement.place_``).
 
     Raises:
-      ValueError: the model is already converted or quantized, or has a part with no NNA version.
+      ValueError: the model is already converted or quantized, has a part with no NNA version, or
+        an op with no float fallback is placed on the CPU.
     """
     _check_convertible(model)
     config = model.config
@@ -66,7 +69,7 @@ def nna_(model: Transducer, spec: NnaSpec, *, state_dict: Optional[dict] = None)
         spec, model.encoder.output_dim, model.predictor.output_dim, config.joiner_dim, config.vocab_size
     )
     model.joiner.connect(model.encoder.output_range, model.predictor.output_range)
-    model.nna_spec = spec
+    place_(model, spec)  # also records model.nna_spec
     if state_dict is not None:
         model.load_state_dict(state_dict)
         return model
@@ -97,8 +100,11 @@ def freeze_calibration(model: nn.Module) -> None:
     """Fixes every calibrated range of ``model``.
 
     Raises:
-      RuntimeError: a range has seen no data.
+      RuntimeError: a range has seen no data (other than one an op on the CPU does not use).
     """
-    for module in model.modules():
+    on_cpu = tuple(f"{name}." for name in cpu_ops(model))
+    for name, module in model.named_modules():
         if isinstance(module, RangeObserver):
+            if name.startswith(on_cpu) and not module.calibrated:
+                continue  # e.g. the cell range of an LSTM that runs in float
             module.freeze()

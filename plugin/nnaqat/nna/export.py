@@ -9,6 +9,7 @@ from nnaqat.models.transducer import Transducer
 from nnaqat.nna import reference as ref
 from nnaqat.nna.integer_model import EncoderParams, IntegerModel, JoinerParams, PredictorParams
 from nnaqat.nna.models import NnaAdditiveJoiner, NnaLstmEncoder, NnaStatelessPredictor
+from nnaqat.nna.placement import cpu_ops
 from nnaqat.nna.reference_lstm import gate_luts
 
 
@@ -46,12 +47,16 @@ def export_integer_model(model: Transducer) -> IntegerModel:
     """The integers of an ``nna_``-converted ``model``.
 
     Raises:
-      ValueError: the model is not converted.
+      ValueError: the model is not converted, or runs ops on the CPU (the integer engine runs
+        all-NNA models).
       RuntimeError: a range has not been calibrated.
     """
     spec = getattr(model, "nna_spec", None)
     if spec is None:
         raise ValueError("model does not emulate an NNA: convert it with nna.convert.nna_ first")
+    on_cpu = cpu_ops(model)
+    if on_cpu:
+        raise ValueError(f"the integer engine runs all-NNA models; the spec places {on_cpu} on the CPU")
     was_training = model.training
     model.eval()  # no provisional ranges: an uncalibrated one raises
     try:

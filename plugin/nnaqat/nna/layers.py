@@ -8,7 +8,7 @@ exports what the reference engine needs (``integer_model``).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from nnaqat.nna.lut import spec_lut
 from nnaqat.nna.ranges import FixedRange, RangeSource, TiedRange
 from nnaqat.nna.spec import NnaSpec, WeightFormat
 from nnaqat.quant.fake_quant import straight_through
+
+if TYPE_CHECKING:
+    from nnaqat.nna.placement import CpuFallback
 
 # Fractional bits each input keeps before the rescale of an add: (a - z_a) << shift stays
 # below 2**28 for inputs of up to 28 - shift bits (TFLite keeps 20 for int8).
@@ -58,6 +61,7 @@ class NnaAdd(nn.Module):
         self.a_bits, self.b_bits = a_bits, b_bits
         self.a_range, self.b_range = TiedRange(a), TiedRange(b)
         self.output_observer = RangeObserver(spec.activations.bits)
+        self.cpu_fallback: Optional[CpuFallback] = None  # set by placement.place_
 
     def _constants(self) -> AddOpParams:
         a_scale, a_zero_point = self.a_range.scale_and_zero_point()
@@ -69,7 +73,10 @@ class NnaAdd(nn.Module):
         return AddOpParams(fixed_point, a_zero_point, b_zero_point, out_zero_point)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Broadcasting ``a + b`` of dequantized codes, as the dequantized NNA output."""
+        """Broadcasting ``a + b`` of dequantized codes, as the dequantized NNA output (or the
+        float sum, if placed on the CPU)."""
+        if self.cpu_fallback is not None:
+            return self.cpu_fallback.output(a + b, self.output_observer, self.spec.activations.bits)
         a_q, _ = _quantize_with(self.a_range, a, self.a_bits)
         b_q, _ = _quantize_with(self.b_range, b, self.b_bits)
         self.output_observer.observe(a + b)
@@ -223,6 +230,7 @@ class NnaAddTanh(nn.Module):
         self.tanh = spec_lut(spec, "tanh")
         self.output_range = FixedRange(1.0 / ref.int_range(spec.activations.bits)[1])
         self._pair_cache: Optional[Tuple[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
+        self.cpu_fallback: Optional[CpuFallback] = None  # set by placement.place_
 
     def _constants(self) -> Tuple[AddOpParams, ref.FixedPointMultiplier]:
         gate = self.spec.lstm.gate
@@ -267,8 +275,11 @@ class NnaAddTanh(nn.Module):
         return self._pair_cache[1]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized."""
+        """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized (in float
+        if placed on the CPU)."""
         bits = self.spec.activations.bits
+        if self.cpu_fallback is not None:
+            return self.cpu_fallback.output(torch.tanh(a + b), self.output_range, bits)
         a_q, _ = _quantize_with(self.a_range, a, bits)
         b_q, _ = _quantize_with(self.b_range, b, bits)
         if bits > MAX_PAIR_TABLE_BITS:

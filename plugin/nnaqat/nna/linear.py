@@ -14,15 +14,19 @@ Float in, float out, so it drops into a float model; in between, bit-exact NNA i
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nnaqat.nna import ops
 from nnaqat.nna.reference import LinearParams, int_range, quantize_multipliers
 from nnaqat.nna.spec import NnaSpec, WeightFormat
 from nnaqat.quant.fake_quant import straight_through
+
+if TYPE_CHECKING:
+    from nnaqat.nna.placement import CpuFallback
 
 
 def asymmetric_scale_and_zero_point(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Tuple[torch.Tensor, int]:
@@ -118,6 +122,7 @@ class NnaLinear(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's initialisation
         self.input_observer = RangeObserver(spec.activations.bits)
         self.output_observer = RangeObserver(spec.activations.bits)
+        self.cpu_fallback: Optional[CpuFallback] = None  # set by placement.place_
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, spec: NnaSpec = NnaSpec()) -> NnaLinear:
@@ -175,7 +180,12 @@ class NnaLinear(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., K)`` float -> ``(..., N)`` float: the dequantized NNA output."""
+        """``(..., K)`` float -> ``(..., N)`` float: the dequantized NNA output (or the float
+        output of the CPU, if placed there)."""
+        if self.cpu_fallback is not None:
+            self.input_observer.observe(x)
+            return self.cpu_fallback.output(F.linear(x, self.weight, self.bias), self.output_observer,
+                                            self.spec.activations.bits)  # fmt: skip
         y_q = self.forward_integers(self.quantize_input(x))
         y_scale, y_zero_point = self.output_observer.scale_and_zero_point()
         return ops.dequantize(y_q, y_scale, y_zero_point)

@@ -17,7 +17,7 @@ input range.
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from nnaqat.nna.linear import (
 )
 from nnaqat.nna.reference_lstm import LstmParams, cell_frac_bits, gate_luts, provisional_cell_max_abs
 from nnaqat.nna.spec import NnaSpec
+
+if TYPE_CHECKING:
+    from nnaqat.nna.placement import CpuFallback
 
 FloatState = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, N, H), as nn.LSTM's
 
@@ -97,6 +100,7 @@ class NnaLstm(nn.Module):
         self.hidden_observer = RangeObserver(spec.lstm.hidden_bits)
         self.cell_observer = RangeObserver(spec.lstm.cell_bits)  # its largest magnitude sets the exponent
         self.luts = gate_luts(spec)
+        self.cpu_fallback: Optional[CpuFallback] = None  # set by placement.place_
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM, spec: NnaSpec = NnaSpec()) -> NnaLstm:
@@ -287,7 +291,15 @@ class NnaLstm(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[FloatState] = None) -> Tuple[torch.Tensor, FloatState]:
         """``x (N, T, K)`` float, ``state ((1, N, H), (1, N, H))`` or None ->
-        ``(y (N, T, H), (h, c))`` floats: the dequantized NNA outputs, as ``nn.LSTM``."""
+        ``(y (N, T, H), (h, c))`` floats: the dequantized NNA outputs, as ``nn.LSTM``. Placed on
+        the CPU, ``nn.LSTM`` itself (float state; ``y`` handed on by the fallback)."""
+        if self.cpu_fallback is not None:
+            if state is None:
+                zeros = x.new_zeros(1, x.size(0), self.hidden_size)
+                state = (zeros, zeros)
+            weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+            y, h, c = torch.lstm(x, state, weights, True, 1, 0.0, self.training, False, True)
+            return self.cpu_fallback.output(y, self.hidden_observer, self.spec.lstm.hidden_bits), (h, c)
         x_q = self.quantize_input(x)
         # Read the state with the scales the step uses (before this batch's observation).
         h_scale, h_zero_point = self.hidden_scale_and_zero_point()

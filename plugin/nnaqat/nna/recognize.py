@@ -74,11 +74,12 @@ def add_post_training_conversion_arguments(parser: argparse.ArgumentParser) -> N
 
 
 def convert_after_training(
-    model: Transducer, args: argparse.Namespace, tokenizer: Tokenizer, max_duration: float
+    model: Transducer, args: argparse.Namespace, tokenizer: Tokenizer, max_duration: float, placement: str = ""
 ) -> str:
     """Applies :func:`add_post_training_conversion_arguments` flags to a loaded model (in place):
     NNA conversion (before the quantizer, which wraps the emulated layers' weights), post-training
-    quantization, then calibration. Returns a suffix naming what was done (may be empty)."""
+    quantization, then calibration. ``placement``: rules put before the spec's own
+    (:meth:`NnaSpec.placed`). Returns a suffix naming what was done (may be empty)."""
     suffix = ""
     if args.nna_spec:
         if getattr(model, "nna_spec", None) is not None:
@@ -89,7 +90,7 @@ def convert_after_training(
             # A quantization-aware checkpoint loads finalized: its weights are plain codebook
             # values, which the NNA's weight quantization takes like any others.
             model.quantizer = None
-        nna_(model, NnaSpec.from_yaml(args.nna_spec))
+        nna_(model, NnaSpec.from_yaml(args.nna_spec).placed(placement))
         suffix += f"-nna-{args.nna_spec.stem}"
     if args.quantizer != "none":
         if getattr(model, "quantizer", None) is not None:

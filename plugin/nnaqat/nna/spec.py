@@ -166,6 +166,25 @@ class NnaSpec:
         """``"nna"`` or ``"cpu"`` for a model op such as ``"joiner.output_linear"``."""
         return next((p for glob, p in self.placement if fnmatch.fnmatchcase(op_name, glob)), "nna")
 
+    def placed(self, rules: str) -> NnaSpec:
+        """This spec with ``"GLOB=nna|cpu,GLOB=..."`` rules put before its own (so they win),
+        e.g. ``placed("encoder.layers.*=cpu")``; ``""`` changes nothing.
+
+        Raises:
+          NnaSpecError: a rule is not ``GLOB=nna`` or ``GLOB=cpu``.
+        """
+        parsed = {}
+        for rule in filter(None, (r.strip() for r in rules.split(","))):
+            glob, sep, where = rule.partition("=")
+            if not sep:
+                raise NnaSpecError(f"placement rule {rule!r}: expected GLOB=nna or GLOB=cpu")
+            parsed[glob.strip()] = where.strip()
+        try:
+            added = _placement_rules(parsed)
+        except ValueError as error:
+            raise NnaSpecError(f"placement {rules!r}: {error}") from None
+        return dataclasses.replace(self, placement=added + self.placement)
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> NnaSpec:
         """Loads a spec file; keys left out take the defaults above.
