@@ -3,6 +3,8 @@ real FSDD; what crosses back to the NNA is activation codes; the integer engine 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,18 @@ def test_the_integer_engine_and_the_predictor_refuse_the_cpu(small_checkpoint, b
         export_integer_model(model)
     with pytest.raises(ValueError, match="predictor.embedding"):
         nna_(load_model([small_checkpoint]), HARSH.placed("predictor.*=cpu"))
+
+
+def test_cost_script_prints_latency_and_wer_per_placement(small_checkpoint, tiny_data):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "local/nna_cost.py"), "--checkpoint", str(small_checkpoint),
+         "--bpe-model", str(tiny_data.bpe_model), "--nna-spec", str(REPO / "egs/fsdd/conf/nna/harsh.yaml"),
+         "--calibration-cuts", str(tiny_data.train), "--calibration-batches", "2",
+         "--placements", "", "encoder.layers.*=cpu", "--cuts", f"dev={tiny_data.dev}", "--label", "small"],
+        capture_output=True, text=True, check=True,
+    )
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| small |")]
+    assert [row[2].strip() for row in rows] == ["none", "encoder.layers.0, encoder.layers.1"], done.stdout
+    totals = [float(row[6]) for row in rows]
+    assert totals[1] > totals[0] > 0  # float LSTMs on the slow CPU, and four transfers per frame
+    assert all(float(row[7]) < 60.0 for row in rows), done.stdout  # real hypotheses (as the engine tests ask)
