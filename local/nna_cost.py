@@ -108,6 +108,7 @@ def describe(profile: DeviceProfile) -> str:
             f"in float, weights {profile.weight_bytes_per_second / 1e9:g} GB/s, a transfer "
             f"{profile.transfer_seconds * 1e6:g} µs + {profile.transfer_bytes_per_second / 1e9:g} GB/s")
 
+
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     main()

@@ -117,6 +117,16 @@ def transducer_ops(model: Any) -> List[Op]:
     return ops
 
 
+def placement_of_ops(
+    ops: List[Op], spec: NnaSpec, overrides: Optional[Mapping[str, str]] = None
+) -> Dict[str, str]:
+    """``op name -> "nna" | "cpu"``: ``overrides`` first, then ``spec.placement``; the front-end
+    and the search are always on the CPU."""
+    overrides = overrides or {}
+    return {op.name: "cpu" if op.name in CPU_ENDPOINTS else overrides.get(op.name, spec.placement_of(op.name))
+            for op in ops}  # fmt: skip
+
+
 def _weight_bytes(count: int, bits: int) -> float:
     codebook = 2**bits if bits < 8 else 0  # int8 levels of a sub-8-bit codebook
     return count * bits / 8 + codebook
@@ -138,8 +148,7 @@ def frame_latency(
       symbols_per_frame: emitted symbols per encoder frame (predictor runs).
     """
     weight_bits = weight_bits or {}
-    where = {op.name: "cpu" if op.name in CPU_ENDPOINTS else (placement or {}).get(op.name, spec.placement_of(op.name))
-             for op in ops}  # fmt: skip
+    where = placement_of_ops(ops, spec, placement)
     rate = {op.name: symbols_per_frame if op.per_symbol else 1.0 for op in ops}
     elements = {op.name: op.output_elements for op in ops}
     report = LatencyReport(placement=where)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nnaqat.nna import ops
-from nnaqat.nna.cost import CPU_ENDPOINTS, transducer_ops
+from nnaqat.nna.cost import CPU_ENDPOINTS, placement_of_ops, transducer_ops
 from nnaqat.nna.spec import NnaSpec
 
 NO_FLOAT_FALLBACK = ("predictor.embedding", "predictor.conv")
@@ -47,12 +47,6 @@ class CpuFallback:
         return ops.fake_quantize(y, scale, zero_point, bits)
 
 
-def op_placement(model: nn.Module, spec: NnaSpec) -> Dict[str, str]:
-    """``op name -> "nna" | "cpu"`` for every op of ``model``'s graph under ``spec.placement``
-    (the front-end and the search are always on the CPU)."""
-    return {op.name: "cpu" if op.name in CPU_ENDPOINTS else spec.placement_of(op.name) for op in transducer_ops(model)}
-
-
 def place_(model: nn.Module, spec: NnaSpec) -> List[str]:
     """Places every op of an emulated ``model`` as ``spec`` says (``nna_`` calls it; call it again
     to move ops of a converted model) and records ``spec`` as ``model.nna_spec``; returns the
@@ -62,7 +56,7 @@ def place_(model: nn.Module, spec: NnaSpec) -> List[str]:
       ValueError: an op with no float fallback is placed on the CPU.
     """
     graph = transducer_ops(model)
-    where = op_placement(model, spec)
+    where = placement_of_ops(graph, spec)
     readers: Dict[str, List[str]] = defaultdict(list)
     for op in graph:
         for producer in op.inputs:
