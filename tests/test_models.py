@@ -112,7 +112,7 @@ def test_transducer_losses_are_finite_and_differentiable(predictor):
     x_lens = torch.tensor([60, 45])
     y = torch.tensor([[3, 4, 5], [6, 7, 0]])
     y_lens = torch.tensor([3, 2])
-    simple, pruned = model(x, x_lens, y, y_lens, prune_range=3)
+    simple, pruned, ctc = model(x, x_lens, y, y_lens, prune_range=3)
     assert simple.shape == pruned.shape == (2,)
     assert torch.isfinite(simple).all() and torch.isfinite(pruned).all()
     (simple.sum() + pruned.sum()).backward()

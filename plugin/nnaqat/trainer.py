@@ -62,6 +62,8 @@ class TrainConfig:
     lm_scale: float = 0.25
     am_scale: float = 0.0
     simple_loss_scale: float = 0.5
+    ctc_loss_scale: float = 0.0  # > 0: train an auxiliary CTC head on the encoder with this weight
+    delay_penalty: float = 0.0  # rewards earlier emission in the RNN-T losses (k2's delay_penalty)
     warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
     spec_augment: bool = True
     time_warp: int = 20
@@ -123,8 +125,11 @@ class Trainer:
             self.model.load_state_dict(init["model"])
             if self.model.config.vocab_size != len(self.tokenizer):
                 raise ValueError(f"{config.init_checkpoint} has {self.model.config.vocab_size} tokens, {config.bpe_model} {len(self.tokenizer)}")
+            if config.ctc_loss_scale > 0 and self.model.ctc_proj is None:
+                raise ValueError(f"--ctc-loss-scale needs a CTC head, and {config.init_checkpoint} has none")
         else:
-            self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **config.model))
+            model_config = {**config.model, "ctc_head": config.ctc_loss_scale > 0}
+            self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **model_config))
         # The NNA emulation goes in first: a quantizer then wraps the emulated layers' weights.
         self.nna_spec = NnaSpec.from_yaml(config.nna_spec) if config.nna_spec else None
         if self.nna_spec is not None:
@@ -222,25 +227,30 @@ class Trainer:
         """Training loss of one batch (mean over utterances with finite losses) and its
         statistics; the quantizer's penalty joins in :meth:`train_step`."""
         x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
-        simple, pruned = self.ddp_model(
-            x, x_lens, y, y_lens, prune_range=self.config.prune_range,
-            am_scale=self.config.am_scale, lm_scale=self.config.lm_scale,
+        config = self.config
+        simple, pruned, ctc = self.ddp_model(
+            x, x_lens, y, y_lens, prune_range=config.prune_range, am_scale=config.am_scale,
+            lm_scale=config.lm_scale, delay_penalty=config.delay_penalty,
         )
-        finite = torch.isfinite(simple) & torch.isfinite(pruned)
+        if ctc is None or config.ctc_loss_scale == 0:
+            ctc = torch.zeros_like(simple)
+        finite = torch.isfinite(simple) & torch.isfinite(pruned) & torch.isfinite(ctc)
         if not bool(finite.all()):
             bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
             self.non_finite += len(bad)
             logging.warning("non-finite loss for %s (skipped; %d so far)", bad, self.non_finite)
-        scale = pruned_loss_scale(self.batch_idx_train, self.config.warm_step)
+        scale = pruned_loss_scale(self.batch_idx_train, config.warm_step)
         num = finite.sum().clamp_min(1)
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
         pruned_mean = torch.where(finite, pruned, 0.0).sum() / num
-        loss = self.config.simple_loss_scale * simple_mean + scale * pruned_mean
+        ctc_mean = torch.where(finite, ctc, 0.0).sum() / num
+        loss = config.simple_loss_scale * simple_mean + scale * pruned_mean + config.ctc_loss_scale * ctc_mean
         frames = float(self.model.encoder.output_length(x_lens[finite]).sum())
         stats = {
             "utterances": float(finite.sum()),
             "simple_loss": simple_mean.item(),
             "pruned_loss": pruned_mean.item(),
+            "ctc_loss": ctc_mean.item(),
             "loss_per_frame": pruned[finite].sum().item() / frames if frames > 0 else float("nan"),
         }
         return loss, stats
@@ -280,8 +290,8 @@ class Trainer:
         with torch.no_grad():
             for batch in eval_dataloader(self.dev_cuts, config.max_duration):
                 x, x_lens, y, y_lens, cut_ids, texts = batch_to_tensors(batch, self.tokenizer)
-                _, pruned = model(x, x_lens, y, y_lens, prune_range=config.prune_range,
-                                  am_scale=config.am_scale, lm_scale=config.lm_scale)
+                pruned = model(x, x_lens, y, y_lens, prune_range=config.prune_range,
+                               am_scale=config.am_scale, lm_scale=config.lm_scale).pruned
                 finite = torch.isfinite(pruned)
                 loss += float(pruned[finite].sum())
                 utterances += float(finite.sum())
@@ -316,6 +326,8 @@ class Trainer:
             if self.writer is not None:
                 self.writer.add_scalar("train/pruned_loss_per_frame", stats["loss_per_frame"], self.batch_idx_train)
                 self.writer.add_scalar("train/simple_loss", stats["simple_loss"], self.batch_idx_train)
+                if config.ctc_loss_scale > 0:
+                    self.writer.add_scalar("train/ctc_loss", stats["ctc_loss"], self.batch_idx_train)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.batch_idx_train)
                 if self.quantizer is not None:
                     self.writer.add_scalar("train/quant_penalty", stats["penalty"], self.batch_idx_train)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,23 @@ class TransducerConfig:
     blank_id: int = 0
     encoder_kwargs: Dict[str, Any] = field(default_factory=dict)
     predictor_kwargs: Dict[str, Any] = field(default_factory=dict)
+    ctc_head: bool = False  # an auxiliary CTC head on the encoder, for training (icefall's --use-ctc)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
+class TransducerLosses(NamedTuple):
+    """Per-utterance negative log-likelihoods in nats, each ``(N,)``."""
+
+    simple: torch.Tensor
+    pruned: torch.Tensor
+    ctc: Optional[torch.Tensor]  # None when the model has no CTC head
+
+
 class Transducer(nn.Module):
-    """Encoder + predictor + joiner, with the linear "simple" heads the pruned loss needs."""
+    """Encoder + predictor + joiner, with the linear "simple" heads the pruned loss needs and an
+    optional CTC head; all three heads are for training only."""
 
     def __init__(self, config: TransducerConfig) -> None:
         super().__init__()
@@ -54,6 +64,7 @@ class Transducer(nn.Module):
         )
         self.simple_am_proj = nn.Linear(self.encoder.output_dim, config.vocab_size)
         self.simple_lm_proj = nn.Linear(self.predictor.output_dim, config.vocab_size)
+        self.ctc_proj = nn.Linear(self.encoder.output_dim, config.vocab_size) if config.ctc_head else None
 
     def predict(self, y: torch.Tensor) -> torch.Tensor:
         """Predictor over whole label sequences: ``(N, U)`` -> ``(N, U, D)``."""
@@ -69,16 +80,16 @@ class Transducer(nn.Module):
         prune_range: int = 5,
         am_scale: float = 0.0,
         lm_scale: float = 0.25,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-utterance simple and pruned RNN-T losses.
+        delay_penalty: float = 0.0,
+    ) -> TransducerLosses:
+        """Per-utterance simple and pruned RNN-T losses, and the CTC loss if the model has the head.
 
         Args:
           x: features ``(N, T, F)``; x_lens ``(N,)``.
           y: token ids ``(N, U)`` padded with blank; y_lens ``(N,)``.
           prune_range: symbols kept per frame by the pruned loss.
           am_scale, lm_scale: smoothing weights of the simple loss.
-        Returns:
-          ``(simple_loss (N,), pruned_loss (N,))``, negative log-likelihoods in nats.
+          delay_penalty: rewards earlier emission in both RNN-T losses (k2's ``delay_penalty``).
         """
         rnnt = rnnt_backend()
         encoder_out, encoder_lens, _ = self.encoder(x, x_lens)
@@ -95,6 +106,7 @@ class Transducer(nn.Module):
             lm_only_scale=lm_scale,
             am_only_scale=am_scale,
             boundary=boundary,
+            delay_penalty=delay_penalty,
             reduction="none",
             return_grad=True,
         )
@@ -104,9 +116,13 @@ class Transducer(nn.Module):
         )
         logits = self.joiner(am_pruned, lm_pruned, project_input=False)
         pruned_loss = rnnt.rnnt_loss_pruned(
-            logits.float(), y, ranges, self.blank_id, boundary=boundary, reduction="none"
+            logits.float(), y, ranges, self.blank_id, boundary=boundary, delay_penalty=delay_penalty, reduction="none"
         )
-        return simple_loss, pruned_loss
+        ctc_loss = None
+        if self.ctc_proj is not None:
+            log_probs = self.ctc_proj(encoder_out).float().log_softmax(-1).transpose(0, 1)  # (T, N, V)
+            ctc_loss = F.ctc_loss(log_probs, y, encoder_lens, y_lens, blank=self.blank_id, reduction="none")
+        return TransducerLosses(simple_loss, pruned_loss, ctc_loss)
 
 
 def build_transducer(config: TransducerConfig | Dict[str, Any]) -> Transducer:

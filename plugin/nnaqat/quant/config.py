@@ -27,8 +27,9 @@ class QuantConfig:
     learn_scale: bool = False  # s8bqat with ste_forward: learn each codebook's int8 scale (LSQ's gradient)
 
 
-# Only the deployed network is quantized: the simple (linear) heads exist for the pruned loss.
-TRAINING_ONLY = ("simple_am_proj.*", "simple_lm_proj.*")
+# Only the deployed network is quantized: the simple (linear) heads exist for the pruned loss, the
+# CTC head for its auxiliary loss.
+TRAINING_ONLY = ("simple_am_proj.*", "simple_lm_proj.*", "ctc_proj.*")
 
 
 def quantizable_parameters(named_parameters) -> List[str]:
