@@ -16,7 +16,7 @@ import torch
 from nnaqat.checkpoint import epoch_checkpoints, load_model
 from nnaqat.export import load_packed, save_packed
 from nnaqat.quant import quantize_
-from nnaqat.quant.config import add_post_training_arguments, post_training_config
+from nnaqat.quant.config import add_post_training_arguments, is_training_only, post_training_config
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
         quantize_(model, post_training_config(args)).finalize(model)
     report = save_packed(model, args.out)
     reloaded = load_packed(args.out).state_dict()
-    mismatched = [k for k, v in reloaded.items() if k in model.state_dict() and not k.startswith("simple_")
+    mismatched = [k for k, v in reloaded.items() if k in model.state_dict() and not is_training_only(k)
                   and not torch.equal(v, model.state_dict()[k])]
     if mismatched:
         raise SystemExit(f"{args.out} does not reload to the same weights: {mismatched}")

@@ -14,7 +14,7 @@ from nnaqat.models import LstmEncoder, Transducer, TransducerConfig
 SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
 
 
-def small_model(predictor: str = "stateless", proj_size: int = 0) -> Transducer:
+def small_model(predictor: str = "stateless", proj_size: int = 0, ctc_head: bool = False) -> Transducer:
     predictor_kwargs = {"embedding_dim": 24} if predictor == "stateless" else {"embedding_dim": 24, "hidden_size": 20}
     config = TransducerConfig(
         vocab_size=12,
@@ -22,6 +22,7 @@ def small_model(predictor: str = "stateless", proj_size: int = 0) -> Transducer:
         joiner_dim=16,
         encoder_kwargs={**SMALL_ENCODER, "proj_size": proj_size},
         predictor_kwargs=predictor_kwargs,
+        ctc_head=ctc_head,
     )
     return Transducer(config).eval()
 
@@ -115,8 +116,36 @@ def test_transducer_losses_are_finite_and_differentiable(predictor):
     simple, pruned, ctc = model(x, x_lens, y, y_lens, prune_range=3)
     assert simple.shape == pruned.shape == (2,)
     assert torch.isfinite(simple).all() and torch.isfinite(pruned).all()
+    assert ctc is None  # no CTC head unless asked for
     (simple.sum() + pruned.sum()).backward()
     assert all(p.grad is not None for p in model.joiner.parameters())
+
+
+def test_ctc_head_respects_lengths_and_trains_only_the_encoder_side():
+    torch.manual_seed(0)
+    model = small_model(ctc_head=True)
+    x = torch.randn(2, 60, 80)
+    x_lens = torch.tensor([60, 45])
+    y = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    y_lens = torch.tensor([3, 2])
+    losses = model(x, x_lens, y, y_lens, prune_range=3)
+    assert losses.ctc.shape == (2,) and torch.isfinite(losses.ctc).all()
+    # Padding frames and padding labels play no part: the second utterance scores the same alone.
+    alone = model(x[1:, :45], x_lens[1:], y[1:, :2], y_lens[1:], prune_range=3).ctc
+    torch.testing.assert_close(losses.ctc[1:], alone, rtol=1e-5, atol=1e-5)
+    losses.ctc.sum().backward()
+    assert model.ctc_proj.weight.grad is not None and model.encoder.layers[0].weight_ih_l0.grad is not None
+    assert all(p.grad is None for p in model.joiner.parameters()) and all(p.grad is None for p in model.predictor.parameters())
+
+
+def test_delay_penalty_changes_the_transducer_losses_only():
+    model = small_model().eval()
+    x, x_lens = torch.randn(2, 60, 80), torch.tensor([60, 45])
+    y, y_lens = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])
+    plain = model(x, x_lens, y, y_lens, prune_range=3)
+    delayed = model(x, x_lens, y, y_lens, prune_range=3, delay_penalty=0.5)
+    assert torch.isfinite(delayed.pruned).all()
+    assert not torch.allclose(plain.pruned, delayed.pruned) and not torch.allclose(plain.simple, delayed.simple)
 
 
 def test_band_limit_zeroes_bins_above_max_freq_and_stays_out_of_state_dict():

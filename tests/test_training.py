@@ -107,3 +107,27 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_data, tmp_path):
     assert torch.isfinite(loss)
     assert trainer.non_finite == 1
     assert stats["utterances"] == batch["inputs"].size(0) - 1
+
+
+def test_ctc_loss_joins_the_training_loss(tiny_data, tmp_path):
+    from nnaqat.trainer import Trainer
+
+    trainer = Trainer(config(tiny_data, tmp_path, ctc_loss_scale=0.3, warm_step=0))
+    assert trainer.model.config.ctc_head and trainer.model.ctc_proj is not None
+    trainer.model.eval()  # no dropout: the two passes below see the same network
+    batch = next(iter(trainer.train_dl))
+    with_ctc, stats = trainer.compute_loss(batch)
+    trainer.config.ctc_loss_scale = 0.0
+    without, _ = trainer.compute_loss(batch)
+    assert stats["ctc_loss"] > 0
+    torch.testing.assert_close(with_ctc - without, torch.tensor(0.3 * stats["ctc_loss"]), rtol=1e-4, atol=1e-5)
+
+
+def test_ctc_loss_needs_a_model_with_the_head(tiny_data, tmp_path):
+    from nnaqat.trainer import Trainer
+
+    plain = Trainer(config(tiny_data, tmp_path / "plain"))
+    assert plain.model.ctc_proj is None
+    save_checkpoint(tmp_path / "plain.pt", plain._state(1, True))
+    with pytest.raises(ValueError, match="has none"):
+        Trainer(config(tiny_data, tmp_path / "ctc", ctc_loss_scale=0.3, init_checkpoint=str(tmp_path / "plain.pt")))

@@ -8,7 +8,6 @@ tensor or per output channel); every other tensor of the deployed model is float
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import struct
@@ -21,7 +20,7 @@ import torch
 
 from nnaqat.bitpack import pack_indices, unpack_indices
 from nnaqat.models.transducer import Transducer, build_transducer
-from nnaqat.quant.config import TRAINING_ONLY
+from nnaqat.quant.config import is_training_only
 from nnaqat.quant.quantizers import QuantizedTensor
 
 MAGIC = b"NNAQPACK"
@@ -54,7 +53,7 @@ class SizeReport:
 
 
 def _deployed(name: str) -> bool:
-    return not name.startswith("quantizer.") and not any(fnmatch.fnmatchcase(name, g) for g in TRAINING_ONLY)
+    return not name.startswith("quantizer.") and not is_training_only(name)
 
 
 def save_packed(model: Transducer, path: Path | str) -> SizeReport:

@@ -32,13 +32,14 @@ class QuantConfig:
 TRAINING_ONLY = ("simple_am_proj.*", "simple_lm_proj.*", "ctc_proj.*")
 
 
+def is_training_only(name: str) -> bool:
+    """Whether a parameter/buffer name belongs to a head that is not deployed."""
+    return any(fnmatch.fnmatchcase(name, g) for g in TRAINING_ONLY)
+
+
 def quantizable_parameters(named_parameters) -> List[str]:
     """Names of the weight matrices/kernels (2-D or more) of the deployed network."""
-    return [
-        name
-        for name, p in named_parameters
-        if p.dim() >= 2 and not any(fnmatch.fnmatchcase(name, g) for g in TRAINING_ONLY)
-    ]
+    return [name for name, p in named_parameters if p.dim() >= 2 and not is_training_only(name)]
 
 
 def load_bit_rules(path: str | Path) -> List[Tuple[str, int]]:
