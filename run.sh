@@ -36,6 +36,7 @@ warm_step=50                 # batches on the simple loss alone; pruned-loss sca
 spec_augment=true
 gain_db=10                   # random gain of +-gain_db dB per training utterance (0: off)
 eq_db=0                      # random smooth equaliser curve of up to +-eq_db dB per utterance (0: off)
+ctc_loss_scale=0.2           # weight of an auxiliary CTC loss on the encoder (0: none; see egs/fsdd/RESULTS.md)
 train_args=""                # extra local/train.py flags, e.g. "--mel-warp 0.1 --time-mask-frames 5"
 seed=42
 world_size=1
@@ -43,8 +44,7 @@ decode_epoch=""              # default: num_epochs
 avg=2
 decode_methods="greedy_search modified_beam_search"
 beam_size=4
-blank_penalty=1.0            # subtracted from the blank logit in greedy search (chosen on dev: see egs/fsdd/RESULTS.md)
-beam_blank_penalty=0.5       # the same for modified beam search, which sums paths and needs less of it (chosen on dev)
+blank_penalty=1.0            # subtracted from the blank logit when decoding (chosen on dev: see egs/fsdd/RESULTS.md)
 exp_tag=""                   # experiment folder name under exp/ (default: derived from options)
 quant_runs="ptq:8 s8bqat:4"  # stage 7: quantized models of the fp32 one, QUANTIZER:BITS or QUANTIZER:bits.yaml
 codebook=channel             # s8bqat codebook scale: per output "channel", or per "tensor" (the paper)
@@ -55,7 +55,7 @@ nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
   num_test train_repeat_prob holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
-  spec_augment gain_db eq_db train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty beam_blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nj"
+  spec_augment gain_db eq_db ctc_loss_scale train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
 
@@ -141,7 +141,7 @@ train() {  # train EXP_DIR NUM_EPOCHS LR WARM_STEP TRAIN_FLAGS...: resumes after
     --dev-cuts "$data/fbank/${prefix}_cuts_${dev_part}.jsonl.gz" --bpe-model "$lang/bpe.model" \
     --exp-dir "$exp_dir" --num-epochs "$epochs" --start-epoch "$start_epoch" --max-duration "$max_duration" \
     --lr "$lr" --warm-step "$warm" --spec-augment "$spec_augment" --gain-db "$gain_db" --eq-db "$eq_db" \
-    --seed "$seed" --world-size "$world_size" $train_args "$@" 2>&1 | tee -a "$log_file"
+    --ctc-loss-scale "$ctc_loss_scale" --seed "$seed" --world-size "$world_size" $train_args "$@" 2>&1 | tee -a "$log_file"
 }
 
 if run_stage 5; then
@@ -153,14 +153,12 @@ fi
 decode() {  # decode EXP_DIR MODEL_FLAGS...: every method on every set but the training one
   local exp_dir=$1
   shift
-  local sets=() part method penalty
+  local sets=() part method
   for part in "${part_list[@]:1}"; do sets+=("$part=$data/fbank/${prefix}_cuts_${part}.jsonl.gz"); done
   for method in $decode_methods; do
-    penalty=$blank_penalty
-    [ "$method" = modified_beam_search ] && penalty=$beam_blank_penalty
-    log "decoding $exp_dir with $method, blank penalty $penalty ($*)"
+    log "decoding $exp_dir with $method ($*)"
     python "$root/local/decode.py" --exp-dir "$exp_dir" "$@" --bpe-model "$lang/bpe.model" \
-      --method "$method" --beam-size "$beam_size" --blank-penalty "$penalty" --cuts "${sets[@]}" 2>&1 \
+      --method "$method" --beam-size "$beam_size" --blank-penalty "$blank_penalty" --cuts "${sets[@]}" 2>&1 \
       | tee -a "$log_file"
   done
 }
