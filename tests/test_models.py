@@ -138,6 +138,14 @@ def test_ctc_head_respects_lengths_and_trains_only_the_encoder_side():
     assert all(p.grad is None for p in model.joiner.parameters()) and all(p.grad is None for p in model.predictor.parameters())
 
 
+def test_ctc_loss_of_an_utterance_too_short_for_ctc_is_zero_not_infinite():
+    model = small_model(ctc_head=True)
+    x_lens = torch.tensor([21])  # 4 encoder frames: enough for the transducer, not for CTC's "3 _ 3 _ 3"
+    assert model.encoder.output_length(x_lens).item() == 4
+    losses = model(torch.randn(1, 21, 80), x_lens, torch.tensor([[3, 3, 3]]), torch.tensor([3]), prune_range=3)
+    assert losses.ctc.item() == 0.0 and torch.isfinite(losses.pruned).all()
+
+
 def test_delay_penalty_changes_the_transducer_losses_only():
     model = small_model().eval()
     x, x_lens = torch.randn(2, 60, 80), torch.tensor([60, 45])

@@ -232,7 +232,7 @@ class Trainer:
             x, x_lens, y, y_lens, prune_range=config.prune_range, am_scale=config.am_scale,
             lm_scale=config.lm_scale, delay_penalty=config.delay_penalty,
         )
-        if ctc is None or config.ctc_loss_scale == 0:
+        if ctc is None:
             ctc = torch.zeros_like(simple)
         finite = torch.isfinite(simple) & torch.isfinite(pruned) & torch.isfinite(ctc)
         if not bool(finite.all()):

@@ -121,7 +121,10 @@ class Transducer(nn.Module):
         ctc_loss = None
         if self.ctc_proj is not None:
             log_probs = self.ctc_proj(encoder_out).float().log_softmax(-1).transpose(0, 1)  # (T, N, V)
-            ctc_loss = F.ctc_loss(log_probs, y, encoder_lens, y_lens, blank=self.blank_id, reduction="none")
+            # zero_infinity: an utterance too short for CTC (it needs a frame between repeated tokens)
+            # still trains the transducer.
+            ctc_loss = F.ctc_loss(log_probs, y, encoder_lens, y_lens, blank=self.blank_id, reduction="none",
+                                  zero_infinity=True)
         return TransducerLosses(simple_loss, pruned_loss, ctc_loss)
 
 
