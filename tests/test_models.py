@@ -146,7 +146,7 @@ def test_ctc_loss_of_an_utterance_too_short_for_ctc_is_zero_not_infinite():
     assert losses.ctc.item() == 0.0 and torch.isfinite(losses.pruned).all()
 
 
-def test_delay_penalty_changes_the_transducer_losses_only():
+def test_delay_penalty_changes_both_transducer_losses():
     model = small_model().eval()
     x, x_lens = torch.randn(2, 60, 80), torch.tensor([60, 45])
     y, y_lens = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])

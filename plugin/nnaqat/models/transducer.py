@@ -90,6 +90,9 @@ class Transducer(nn.Module):
           prune_range: symbols kept per frame by the pruned loss.
           am_scale, lm_scale: smoothing weights of the simple loss.
           delay_penalty: rewards earlier emission in both RNN-T losses (k2's ``delay_penalty``).
+        Returns:
+          :class:`TransducerLosses`: ``simple``, ``pruned`` and ``ctc`` (None without the head),
+          each ``(N,)`` negative log-likelihoods in nats.
         """
         rnnt = rnnt_backend()
         encoder_out, encoder_lens, _ = self.encoder(x, x_lens)
