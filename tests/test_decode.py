@@ -13,7 +13,7 @@ from lhotse import load_manifest
 from nnaqat.checkpoint import load_model
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode import greedy_search, modified_beam_search
-from nnaqat.decode.wer import error_stats, write_error_stats
+from nnaqat.decode.wer import error_stats, read_recogs, run_length_confusion, runs, write_error_stats, write_recogs
 from nnaqat.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +47,32 @@ def test_errs_file_format(tmp_path):
     assert text[0] == "%WER = 50.00"
     assert "u1:\tone (two->nine)" in text
     assert stats.errors == 1
+
+
+def test_recogs_roundtrip_and_bad_lines(tmp_path):
+    results = [("u2", ["one"], []), ("u1", ["two", "two"], ["two"])]
+    write_recogs(tmp_path / "recogs.txt", results)
+    assert read_recogs(tmp_path / "recogs.txt") == sorted(results)
+    (tmp_path / "bad.txt").write_text("u1:\thyp=['one']\n")
+    with pytest.raises(ValueError, match="bad.txt:1: hypothesis of u1 before its reference"):
+        read_recogs(tmp_path / "bad.txt")
+
+
+def test_run_length_confusion():
+    assert runs("a a b a".split()) == [("a", 2), ("b", 1), ("a", 1)]
+    table = run_length_confusion([
+        ("u1", "six six six two".split(), "six six two".split()),  # a triple said twice
+        ("u2", "one one nine".split(), "one one one eight nine".split()),  # a pair said 3x, an insertion
+        ("u3", "four four five".split(), "seven five".split()),  # a pair replaced as a whole
+    ])
+    assert table == {3: {2: 1}, 2: {3: 1, 0: 1}, 1: {1: 3}}
+
+
+def test_run_lengths_script(tmp_path):
+    write_recogs(tmp_path / "recogs.txt", [("u1", "six six six two".split(), "six six two".split())])
+    out = subprocess.run([sys.executable, str(REPO / "egs/fsdd/local/run_lengths.py"), str(tmp_path / "recogs.txt")],
+                         check=True, capture_output=True, text=True).stdout.splitlines()
+    assert out[2:] == ["| 1 | 1 |  | 1 |  |  | 100 % |", "| 3 | 1 |  |  | 1 |  | 0 % |"]
 
 
 @pytest.fixture(scope="module")

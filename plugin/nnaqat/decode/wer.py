@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import ast
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import kaldialign
 
@@ -75,6 +76,66 @@ def write_recogs(path: Path | str, results: Sequence[Result]) -> None:
     with open(path, "w") as f:
         for cut_id, ref, hyp in sorted(results):
             f.write(f"{cut_id}:\tref={list(ref)}\n{cut_id}:\thyp={list(hyp)}\n")
+
+
+def read_recogs(path: Path | str) -> List[Result]:
+    """Reads a ``recogs-*.txt`` written by :func:`write_recogs` back into results."""
+    refs: Dict[str, List[str]] = {}
+    results: List[Result] = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        cut_id, sep, field_text = line.partition(":\t")
+        kind, _, words = field_text.partition("=")
+        if not sep or kind not in ("ref", "hyp"):
+            raise ValueError(f"{path}:{number}: expected 'id:\\tref=[...]' or 'id:\\thyp=[...]', got {line!r}")
+        if kind == "ref":
+            refs[cut_id] = ast.literal_eval(words)
+        elif cut_id not in refs:
+            raise ValueError(f"{path}:{number}: hypothesis of {cut_id} before its reference")
+        else:
+            results.append((cut_id, refs.pop(cut_id), ast.literal_eval(words)))
+    if refs:
+        raise ValueError(f"{path}: no hypothesis for {sorted(refs)[:5]}")
+    return results
+
+
+def runs(words: Sequence[str]) -> List[Tuple[str, int]]:
+    """Maximal runs of one repeated word: ``a a b`` -> ``[(a, 2), (b, 1)]``."""
+    out: List[Tuple[str, int]] = []
+    for word in words:
+        if out and out[-1][0] == word:
+            out[-1] = (word, out[-1][1] + 1)
+        else:
+            out.append((word, 1))
+    return out
+
+
+def run_length_confusion(results: Sequence[Result]) -> Dict[int, Counter]:
+    """How long each reference run of one repeated word came out in the hypothesis.
+
+    The run sequences (one item per run, lengths ignored) of reference and hypothesis are
+    aligned; for every reference run aligned to a run of the same word, ``out[n][m]`` counts
+    reference runs of length ``n`` recognised with length ``m``; ``out[n][0]`` counts reference
+    runs deleted or substituted as a whole. Digit strings are where this matters: a transducer
+    whose predictor sees ``k`` tokens may stop counting at ``k``.
+    """
+    out: Dict[int, Counter] = defaultdict(Counter)
+    for _, ref, hyp in results:
+        ref_runs, hyp_runs = runs(ref), runs(hyp)
+        # Align on words, then walk both run lists in step to recover their lengths.
+        r = h = 0
+        for a, b in align([w for w, _ in ref_runs], [w for w, _ in hyp_runs]):
+            if a == EPS:
+                h += 1
+                continue
+            length = ref_runs[r][1]
+            if b == a:
+                out[length][hyp_runs[h][1]] += 1
+            else:
+                out[length][0] += 1
+            r += 1
+            h += b != EPS
+        assert r == len(ref_runs) and h == len(hyp_runs)
+    return dict(out)
 
 
 def write_error_stats(path: Path | str, test_set_name: str, results: Sequence[Result]) -> ErrorStats:
