@@ -156,6 +156,23 @@ def test_delay_penalty_changes_both_transducer_losses():
     assert not torch.allclose(plain.pruned, delayed.pruned) and not torch.allclose(plain.simple, delayed.simple)
 
 
+def test_context_dropout_hides_tokens_from_the_predictor_in_training_only():
+    model = small_model()
+    seen = []
+    predict = model.predict
+    model.predict = lambda history: seen.append(history) or predict(history)
+    x, x_lens = torch.randn(2, 60, 80), torch.tensor([60, 45])
+    y, y_lens = torch.randint(3, 10, (2, 3)), torch.tensor([3, 3])
+    model.eval()
+    model(x, x_lens, y, y_lens, prune_range=3, context_dropout=1.0)
+    assert torch.equal(seen[-1][:, 1:], y)  # eval: the predictor sees every token
+    model.train()
+    losses = model(x, x_lens, y, y_lens, prune_range=3, context_dropout=1.0)
+    assert (seen[-1] == model.blank_id).all() and torch.isfinite(losses.pruned).all()
+    model(x, x_lens, torch.randint(3, 10, (2, 4000)), torch.tensor([4000, 4000]), prune_range=3, context_dropout=0.3)
+    assert abs(float((seen[-1][:, 1:] == model.blank_id).float().mean()) - 0.3) < 0.02
+
+
 def test_band_limit_zeroes_bins_above_max_freq_and_stays_out_of_state_dict():
     encoder = LstmEncoder(num_features=80, hidden_size=16, num_layers=1, subsampling_factor=4, max_freq_hz=3800)
     norm = encoder.feature_norm

@@ -64,6 +64,7 @@ class TrainConfig:
     simple_loss_scale: float = 0.5
     ctc_loss_scale: float = 0.0  # > 0: train an auxiliary CTC head on the encoder with this weight
     delay_penalty: float = 0.0  # rewards earlier emission in the RNN-T losses (k2's delay_penalty)
+    context_dropout: float = 0.0  # chance of hiding each token from the predictor in training
     warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
     spec_augment: bool = True
     time_warp: int = 20
@@ -230,7 +231,7 @@ class Trainer:
         config = self.config
         simple, pruned, ctc = self.ddp_model(
             x, x_lens, y, y_lens, prune_range=config.prune_range, am_scale=config.am_scale,
-            lm_scale=config.lm_scale, delay_penalty=config.delay_penalty,
+            lm_scale=config.lm_scale, delay_penalty=config.delay_penalty, context_dropout=config.context_dropout,
         )
         if ctc is None:
             ctc = torch.zeros_like(simple)

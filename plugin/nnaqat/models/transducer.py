@@ -81,6 +81,7 @@ class Transducer(nn.Module):
         am_scale: float = 0.0,
         lm_scale: float = 0.25,
         delay_penalty: float = 0.0,
+        context_dropout: float = 0.0,
     ) -> TransducerLosses:
         """Per-utterance simple and pruned RNN-T losses, and the CTC loss if the model has the head.
 
@@ -90,13 +91,20 @@ class Transducer(nn.Module):
           prune_range: symbols kept per frame by the pruned loss.
           am_scale, lm_scale: smoothing weights of the simple loss.
           delay_penalty: rewards earlier emission in both RNN-T losses (k2's ``delay_penalty``).
+          context_dropout: chance that a token is hidden (replaced by blank) in the predictor's
+            input, in training mode only.
         Returns:
           :class:`TransducerLosses`: ``simple``, ``pruned`` and ``ctc`` (None without the head),
           each ``(N,)`` negative log-likelihoods in nats.
         """
         rnnt = rnnt_backend()
         encoder_out, encoder_lens, _ = self.encoder(x, x_lens)
-        decoder_out = self.predict(F.pad(y, (1, 0), value=self.blank_id))
+        history = y
+        if self.training and context_dropout > 0:
+            # A predictor that cannot always see how many times a token was said has to take the
+            # emission time from the encoder instead of counting (runs of one digit).
+            history = y.masked_fill(torch.rand(y.shape, device=y.device) < context_dropout, self.blank_id)
+        decoder_out = self.predict(F.pad(history, (1, 0), value=self.blank_id))
         boundary = torch.zeros(x.size(0), 4, dtype=torch.int64, device=x.device)
         boundary[:, 2] = y_lens
         boundary[:, 3] = encoder_lens
