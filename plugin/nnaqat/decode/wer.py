@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -100,13 +101,7 @@ def read_recogs(path: Path | str) -> List[Result]:
 
 def runs(words: Sequence[str]) -> List[Tuple[str, int]]:
     """Maximal runs of one repeated word: ``a a b`` -> ``[(a, 2), (b, 1)]``."""
-    out: List[Tuple[str, int]] = []
-    for word in words:
-        if out and out[-1][0] == word:
-            out[-1] = (word, out[-1][1] + 1)
-        else:
-            out.append((word, 1))
-    return out
+    return [(word, len(list(group))) for word, group in groupby(words)]
 
 
 def run_length_confusion(results: Sequence[Result]) -> Dict[int, Counter]:
