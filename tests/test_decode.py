@@ -73,6 +73,10 @@ def test_run_lengths_script(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "egs/fsdd/local/run_lengths.py"), str(tmp_path / "recogs.txt")],
                          check=True, capture_output=True, text=True).stdout.splitlines()
     assert out[2:] == ["| 1 | 1 |  | 1 |  |  | 100 % |", "| 3 | 1 |  |  | 1 |  | 0 % |"]
+    (tmp_path / "empty.txt").write_text("")
+    empty = subprocess.run([sys.executable, str(REPO / "egs/fsdd/local/run_lengths.py"), str(tmp_path / "empty.txt")],
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "no reference words in" in empty.stderr
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ def main() -> None:
     args = parser.parse_args()
     results = [r for path in args.recogs for r in read_recogs(path)]
     table = run_length_confusion(results)
+    if not table:
+        parser.error(f"no reference words in {', '.join(map(str, args.recogs))}")
     longest = max(max(table), max(m for row in table.values() for m in row))
     print("| reference run | runs | " + " | ".join(f"said {m}x" for m in range(longest + 1)) + " | exact |")
     print("|---" * (longest + 4) + "|")
