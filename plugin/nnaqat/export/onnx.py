@@ -25,7 +25,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES, ChunkGeometry
-from nnaqat.models.predictor import StatelessPredictor
+from nnaqat.models.predictor import TokenHistoryPredictor
 from nnaqat.models.transducer import Transducer
 from nnaqat.quant.fake_quant import channel_view
 from nnaqat.quant.quantizers import QuantizedTensor
@@ -195,7 +195,8 @@ def export_onnx(
     """Writes ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx`` and ``tokens.txt`` to ``out_dir``.
 
     Args:
-      model: a transducer with the LSTM encoder (no projection) and the stateless predictor.
+      model: a transducer with the LSTM encoder (no projection) and a token-history predictor
+        (``stateless`` or ``windowed_lstm``).
       tokens: the recipe's ``tokens.txt`` (copied).
       chunk_frames: encoder frames per sherpa-onnx chunk (sets ``T`` and ``decode_chunk_len``).
       precision: ``fp32``, or ``int8-qat`` for a quantization-aware model: its quantized weights
@@ -206,9 +207,10 @@ def export_onnx(
     """
     if precision not in ("fp32", "int8-qat"):
         raise ValueError(f"export_onnx writes fp32 or int8-qat, not {precision!r} (see quantize_int8)")
-    if not isinstance(model.predictor, StatelessPredictor):
+    if not isinstance(model.predictor, TokenHistoryPredictor):
         raise ValueError(
-            f"sherpa-onnx's transducer contract needs a stateless predictor, not {type(model.predictor).__name__}"
+            "sherpa-onnx's transducer contract needs a predictor of the last context_size tokens, "
+            f"not {type(model.predictor).__name__}"
         )
     if model.encoder.d_model != model.encoder.hidden_size:
         raise ValueError("LSTM projections (proj_size > 0) have no ONNX LSTM equivalent; export a model without")

@@ -2,7 +2,7 @@
 
 from nnaqat.models.encoder import FrameStackSubsampling, FeatureNorm, LstmEncoder
 from nnaqat.models.joiner import AdditiveJoiner
-from nnaqat.models.predictor import LstmPredictor, StatelessPredictor
+from nnaqat.models.predictor import LstmPredictor, StatelessPredictor, TokenHistoryPredictor, WindowedLstmPredictor
 from nnaqat.models.transducer import Transducer, TransducerConfig, build_transducer
 
 __all__ = [
@@ -12,7 +12,9 @@ __all__ = [
     "LstmEncoder",
     "LstmPredictor",
     "StatelessPredictor",
+    "TokenHistoryPredictor",
     "Transducer",
     "TransducerConfig",
+    "WindowedLstmPredictor",
     "build_transducer",
 ]

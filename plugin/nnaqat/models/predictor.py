@@ -1,4 +1,5 @@
-"""Prediction networks: stateless (embedding + causal conv, icefall/sherpa-onnx) and LSTM."""
+"""Prediction networks: functions of the last few tokens (stateless conv as in icefall/sherpa-onnx,
+an LSTM over a token window) and the papers' LSTM over the whole history."""
 
 from __future__ import annotations
 
@@ -11,29 +12,15 @@ from torch import nn
 from nnaqat.registry import register
 
 
-@register("predictor", "stateless")
-class StatelessPredictor(nn.Module):
-    """Embedding of the last ``context_size`` tokens mixed by a causal depthwise-grouped conv.
+class TokenHistoryPredictor(nn.Module):
+    """A predictor whose output depends only on the last ``context_size`` tokens.
 
-    Its only state is the token history, which is what sherpa-onnx's transducer decoder
-    contract expects (``y (N, context_size) -> decoder_out``).
+    Its decoding state is that token history, which is what sherpa-onnx's transducer decoder
+    contract expects (``y (N, context_size) -> decoder_out``). Subclasses implement ``forward``.
     """
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 256, context_size: int = 2, blank_id: int = 0) -> None:
-        super().__init__()
-        if context_size < 1:
-            raise ValueError(f"context_size must be >= 1, got {context_size}")
-        self.vocab_size = vocab_size
-        self.context_size = context_size
-        self.blank_id = blank_id
-        self.output_dim = embedding_dim
-        # Blank embeds to zero, the same as the zero padding before the first token in training.
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=blank_id)
-        self.conv = (
-            nn.Conv1d(embedding_dim, embedding_dim, context_size, groups=max(1, embedding_dim // 4), bias=False)
-            if context_size > 1
-            else None
-        )
+    context_size: int
+    blank_id: int
 
     def forward(self, y: torch.Tensor, need_pad: bool = True) -> torch.Tensor:
         """``y (N, U)`` token ids -> ``(N, U, D)``.
@@ -42,13 +29,7 @@ class StatelessPredictor(nn.Module):
         before the start); without it ``y`` holds exactly ``context_size`` tokens per row and
         the output has one position (decoding).
         """
-        emb = self.embedding(y.clamp_min(0))
-        if self.conv is not None:
-            emb = emb.transpose(1, 2)
-            if need_pad:
-                emb = F.pad(emb, (self.context_size - 1, 0))
-            emb = self.conv(emb).transpose(1, 2)
-        return F.relu(emb)
+        raise NotImplementedError
 
     # Decoding interface (shared by every predictor): the state is the token history.
     def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -67,6 +48,75 @@ class StatelessPredictor(nn.Module):
     @staticmethod
     def concat_states(states: List[torch.Tensor]) -> torch.Tensor:
         return torch.cat(states, dim=0)
+
+
+@register("predictor", "stateless")
+class StatelessPredictor(TokenHistoryPredictor):
+    """Embedding of the last ``context_size`` tokens mixed by a causal depthwise-grouped conv."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, context_size: int = 2, blank_id: int = 0) -> None:
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {context_size}")
+        self.vocab_size = vocab_size
+        self.context_size = context_size
+        self.blank_id = blank_id
+        self.output_dim = embedding_dim
+        # Blank embeds to zero, the same as the zero padding before the first token in training.
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=blank_id)
+        self.conv = (
+            nn.Conv1d(embedding_dim, embedding_dim, context_size, groups=max(1, embedding_dim // 4), bias=False)
+            if context_size > 1
+            else None
+        )
+
+    def forward(self, y: torch.Tensor, need_pad: bool = True) -> torch.Tensor:
+        emb = self.embedding(y.clamp_min(0))
+        if self.conv is not None:
+            emb = emb.transpose(1, 2)
+            if need_pad:
+                emb = F.pad(emb, (self.context_size - 1, 0))
+            emb = self.conv(emb).transpose(1, 2)
+        return F.relu(emb)
+
+
+@register("predictor", "windowed_lstm")
+class WindowedLstmPredictor(TokenHistoryPredictor):
+    """An LSTM run afresh over the last ``context_size`` tokens at every position.
+
+    Like the stateless predictor it is a function of a fixed token window (sherpa-onnx's decoder
+    contract), but it can count: it tells a run of one token ``k <= context_size`` long from a
+    shorter one, which a greedy search needs to say a digit three times in a row.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 256,
+        hidden_size: int = 256,
+        context_size: int = 4,
+        dropout: float = 0.1,
+        blank_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {context_size}")
+        self.vocab_size = vocab_size
+        self.context_size = context_size
+        self.blank_id = blank_id
+        self.output_dim = hidden_size
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=blank_id)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor, need_pad: bool = True) -> torch.Tensor:
+        k = self.context_size
+        if need_pad:
+            y = F.pad(y, (k - 1, 0), value=self.blank_id)
+        windows = y.clamp_min(0).unfold(1, k, 1)  # (N, U, K): position u sees tokens u-K+1 .. u
+        n, u, _ = windows.shape
+        out, _ = self.lstm(self.embedding(windows.reshape(n * u, k)))
+        return self.dropout(out[:, -1].reshape(n, u, -1))
 
 
 @register("predictor", "lstm")
