@@ -19,7 +19,7 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.streaming import StreamingDecoder, decode_cuts_streaming, decode_streams
 from nnaqat.decode.wav_stream import stream_wav
 from nnaqat.decode.wer import error_stats
-from nnaqat.export.onnx import EncoderForOnnx, OnnxFiles, count_ops, export_onnx, quantize_int8, read_metadata
+from nnaqat.export.onnx import DecoderForOnnx, EncoderForOnnx, OnnxFiles, count_ops, export_onnx, quantize_int8, read_metadata
 from nnaqat.export.ort import OrtTransducer, parity
 from nnaqat.export.sherpa import check_model_files, decode_with_sherpa, transcribe_with_sherpa
 from nnaqat.models import Transducer, TransducerConfig
@@ -153,12 +153,28 @@ def test_export_rejects_what_sherpa_onnx_cannot_run(tmp_path, tiny_data):
     tokens = tiny_data.bpe_model.parent / "tokens.txt"
     lstm_predictor = Transducer(TransducerConfig(vocab_size=10, predictor="lstm", joiner_dim=8,
                                                  encoder_kwargs={"hidden_size": 16, "num_layers": 1}))
-    with pytest.raises(ValueError, match="stateless predictor"):
+    with pytest.raises(ValueError, match="last context_size tokens, not LstmPredictor"):
         export_onnx(lstm_predictor, tokens, tmp_path)
     projected = Transducer(TransducerConfig(vocab_size=10, joiner_dim=8,
                                             encoder_kwargs={"hidden_size": 16, "num_layers": 1, "proj_size": 8}))
     with pytest.raises(ValueError, match="proj_size"):
         export_onnx(projected, tokens, tmp_path)
+
+
+def test_windowed_lstm_predictor_exports_as_a_sherpa_onnx_decoder(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    config = TransducerConfig(vocab_size=12, predictor="windowed_lstm", joiner_dim=8,
+                              encoder_kwargs={"hidden_size": 16, "num_layers": 1},
+                              predictor_kwargs={"embedding_dim": 16, "hidden_size": 12, "context_size": 4})
+    model = Transducer(config).eval()
+    files = export_onnx(model, tiny_data.bpe_model.parent / "tokens.txt", tmp_path)
+    onnx_model = OrtTransducer(files, optimize=False)
+    assert onnx_model.context_size == 4
+    contexts = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 5], [0, 0, 5, 5], [0, 5, 5, 5], [5, 5, 5, 5], [3, 11, 7, 2]])
+    assert not any(m.training for m in model.modules()), "export must leave the model in eval mode"
+    with torch.no_grad():
+        expected = DecoderForOnnx(model).eval()(contexts).numpy()
+    np.testing.assert_allclose(onnx_model.run_decoder(contexts.numpy()), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("blank_penalty", [0.0, 1.5])

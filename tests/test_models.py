@@ -15,7 +15,11 @@ SMALL_ENCODER = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
 
 
 def small_model(predictor: str = "stateless", proj_size: int = 0, ctc_head: bool = False) -> Transducer:
-    predictor_kwargs = {"embedding_dim": 24} if predictor == "stateless" else {"embedding_dim": 24, "hidden_size": 20}
+    predictor_kwargs = {
+        "stateless": {"embedding_dim": 24},
+        "lstm": {"embedding_dim": 24, "hidden_size": 20},
+        "windowed_lstm": {"embedding_dim": 24, "hidden_size": 20, "context_size": 3},
+    }[predictor]
     config = TransducerConfig(
         vocab_size=12,
         predictor=predictor,
@@ -29,7 +33,7 @@ def small_model(predictor: str = "stateless", proj_size: int = 0, ctc_head: bool
 
 def test_registry_lists_builtin_variants():
     assert "lstm" in registry.names("encoder")
-    assert {"lstm", "stateless"} <= set(registry.names("predictor"))
+    assert {"lstm", "stateless", "windowed_lstm"} <= set(registry.names("predictor"))
     assert "additive" in registry.names("joiner")
     with pytest.raises(KeyError, match="no encoder variant named 'nope'.*lstm"):
         registry.get("encoder", "nope")
@@ -93,7 +97,7 @@ def test_encoder_is_causal_and_streams_in_chunks(factor, cmn_prior_frames):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+@pytest.mark.parametrize("predictor", ["stateless", "lstm", "windowed_lstm"])
 def test_predictor_steps_equal_full_sequence(predictor):
     model = small_model(predictor)
     y = torch.tensor([[3, 5, 5, 7, 1]])
@@ -106,7 +110,20 @@ def test_predictor_steps_equal_full_sequence(predictor):
     torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_windowed_lstm_predictor_counts_runs_up_to_its_context_and_forgets_beyond():
+    model = small_model("windowed_lstm")  # context 3
+    out = model.predict(torch.tensor([[0, 9, 5, 5, 5, 5, 5]]))[0]
+    # After one, two and three 5s the outputs differ: the predictor can count that far...
+    assert (out[2] - out[3]).abs().max() > 1e-4 and (out[3] - out[4]).abs().max() > 1e-4
+    # ...and no further: the window (5, 5, 5) looks the same however long the run.
+    torch.testing.assert_close(out[4], out[5], atol=0, rtol=0)
+    torch.testing.assert_close(out[5], out[6], atol=0, rtol=0)
+    # Tokens older than the window do not matter.
+    other = model.predict(torch.tensor([[0, 2, 7, 5, 5, 5]]))[0]
+    torch.testing.assert_close(other[5], out[4], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("predictor", ["stateless", "lstm", "windowed_lstm"])
 def test_transducer_losses_are_finite_and_differentiable(predictor):
     model = small_model(predictor).train()
     x = torch.randn(2, 60, 80)

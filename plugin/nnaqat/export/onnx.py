@@ -132,6 +132,9 @@ def read_metadata(path: Path | str) -> Dict[str, str]:
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs, outputs, dynamic_axes) -> None:
+    # torch.onnx.export restores the wrapper's mode afterwards, recursively: a wrapper left in
+    # training mode would switch the caller's model (its dropout) to training.
+    module.eval()
     with warnings.catch_warnings():
         # Tracing turns the encoder's Python-side length check into a constant: expected here.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
