@@ -248,9 +248,10 @@ def test_nna_refuses_models_it_cannot_emulate(small_checkpoint):
         nna_(model, SPECS["int8"])
     with pytest.raises(RuntimeError, match="no data"):  # uncalibrated: nothing to export
         export_integer_model(model)
-    lstm_predictor = build_transducer(TransducerConfig(vocab_size=8, predictor="lstm"))
-    with pytest.raises(ValueError, match="no NNA version of the predictor LstmPredictor"):
-        nna_(lstm_predictor, SPECS["int8"])
+    for predictor, name in (("lstm", "LstmPredictor"), ("windowed_lstm", "WindowedLstmPredictor")):
+        other = build_transducer(TransducerConfig(vocab_size=8, predictor=predictor))
+        with pytest.raises(ValueError, match=f"no NNA version of the predictor {name}"):
+            nna_(other, SPECS["int8"])
     projected = build_transducer(TransducerConfig(vocab_size=8, encoder_kwargs={"hidden_size": 16, "proj_size": 8}))
     with pytest.raises(ValueError, match="projections"):
         nna_(projected, SPECS["int8"])
