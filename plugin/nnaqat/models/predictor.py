@@ -19,8 +19,14 @@ class TokenHistoryPredictor(nn.Module):
     contract expects (``y (N, context_size) -> decoder_out``). Subclasses implement ``forward``.
     """
 
-    context_size: int
-    blank_id: int
+    def __init__(self, vocab_size: int, context_size: int, blank_id: int, output_dim: int) -> None:
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {context_size}")
+        self.vocab_size = vocab_size
+        self.context_size = context_size
+        self.blank_id = blank_id
+        self.output_dim = output_dim
 
     def forward(self, y: torch.Tensor, need_pad: bool = True) -> torch.Tensor:
         """``y (N, U)`` token ids -> ``(N, U, D)``.
@@ -55,13 +61,7 @@ class StatelessPredictor(TokenHistoryPredictor):
     """Embedding of the last ``context_size`` tokens mixed by a causal depthwise-grouped conv."""
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, context_size: int = 2, blank_id: int = 0) -> None:
-        super().__init__()
-        if context_size < 1:
-            raise ValueError(f"context_size must be >= 1, got {context_size}")
-        self.vocab_size = vocab_size
-        self.context_size = context_size
-        self.blank_id = blank_id
-        self.output_dim = embedding_dim
+        super().__init__(vocab_size, context_size, blank_id, output_dim=embedding_dim)
         # Blank embeds to zero, the same as the zero padding before the first token in training.
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=blank_id)
         self.conv = (
@@ -98,13 +98,7 @@ class WindowedLstmPredictor(TokenHistoryPredictor):
         dropout: float = 0.1,
         blank_id: int = 0,
     ) -> None:
-        super().__init__()
-        if context_size < 1:
-            raise ValueError(f"context_size must be >= 1, got {context_size}")
-        self.vocab_size = vocab_size
-        self.context_size = context_size
-        self.blank_id = blank_id
-        self.output_dim = hidden_size
+        super().__init__(vocab_size, context_size, blank_id, output_dim=hidden_size)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=blank_id)
         self.lstm = nn.LSTM(embedding_dim, hidden_size, batch_first=True)
         self.dropout = nn.Dropout(dropout)
