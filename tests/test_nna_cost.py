@@ -101,3 +101,9 @@ def test_device_profile_rejects_unknown_keys():
     assert DeviceProfile.from_dict({"nna_macs_per_second": 2e9}).nna_macs_per_second == 2e9
     with pytest.raises(ValueError, match="nna_macs"):
         DeviceProfile.from_dict({"nna_macs": 2e9})
+
+
+def test_transducer_ops_refuse_predictors_the_nna_does_not_have():
+    model = build_transducer(TransducerConfig(vocab_size=8, predictor="windowed_lstm"))
+    with pytest.raises(ValueError, match="stateless predictor only, not 'windowed_lstm'"):
+        transducer_ops(model)

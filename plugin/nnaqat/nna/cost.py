@@ -80,8 +80,14 @@ class LatencyReport:
 
 def transducer_ops(model: Any) -> List[Op]:
     """The op graph of a (float or NNA) transducer with an LSTM encoder, stateless predictor and
-    additive joiner; op names are the NNA model's module names."""
+    additive joiner; op names are the NNA model's module names.
+
+    Raises:
+      ValueError: another predictor variant (the NNA has the stateless one only).
+    """
     encoder, predictor, config = model.encoder, model.predictor, model.config
+    if config.predictor != "stateless":
+        raise ValueError(f"the cost model covers the stateless predictor only, not {config.predictor!r}")
     stacking = encoder.subsampling
     features = stacking.out.weight.shape[1] // stacking.window
     d, h, joiner, vocab = encoder.d_model, encoder.hidden_size, config.joiner_dim, config.vocab_size
