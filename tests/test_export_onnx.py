@@ -19,7 +19,9 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.streaming import StreamingDecoder, decode_cuts_streaming, decode_streams
 from nnaqat.decode.wav_stream import stream_wav
 from nnaqat.decode.wer import error_stats
-from nnaqat.export.onnx import DecoderForOnnx, EncoderForOnnx, OnnxFiles, count_ops, export_onnx, quantize_int8, read_metadata
+from nnaqat.export.onnx import (
+    DecoderForOnnx, EncoderForOnnx, OnnxFiles, count_ops, export_onnx, quantize_int8, read_metadata,
+)
 from nnaqat.export.ort import OrtTransducer, parity
 from nnaqat.export.sherpa import check_model_files, decode_with_sherpa, transcribe_with_sherpa
 from nnaqat.models import Transducer, TransducerConfig
