@@ -155,3 +155,16 @@ def test_tokenizer_conventions_and_bad_transcripts(tmp_path):
         tokenizer.encode("  ", "utt-7")
     with pytest.raises(ValueError, match="utt-8.*unknown"):
         tokenizer.encode("one QUX", "utt-8")
+
+
+def test_repeat_marker_changes_every_stateless_context_and_decodes_away(tmp_path):
+    model = train_bpe([" ".join(DIGIT_WORDS)] * 20 + ["one one two", "nine"], tmp_path, vocab_size=32)
+    plain, marked = Tokenizer(model), Tokenizer(model, mark_repeats=True)
+    text = "one one one two two nine"
+    ids = marked.encode(text)
+    assert marked.id_to_piece(marked.repeat_marker_id) == "\u2581"
+    assert len(ids) == len(plain.encode(text)) + 3  # one marker per repeated word
+    windows = [tuple(ids[max(0, i - 1) : i + 1]) for i in range(len(ids))]  # a 2-token predictor's input
+    assert all(a != b for a, b in zip(windows, windows[1:]))
+    assert marked.decode(ids).split() == text.split()
+    assert marked.encode("three one four") == plain.encode("three one four")  # no repeats, no markers

@@ -65,6 +65,7 @@ class TrainConfig:
     ctc_loss_scale: float = 0.0  # > 0: train an auxiliary CTC head on the encoder with this weight
     delay_penalty: float = 0.0  # rewards earlier emission in the RNN-T losses (k2's delay_penalty)
     context_dropout: float = 0.0  # chance of hiding each token from the predictor in training
+    mark_repeats: bool = False  # targets: a word equal to the one before it gets a "▁" first (Tokenizer)
     warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
     spec_augment: bool = True
     time_warp: int = 20
@@ -118,7 +119,7 @@ class Trainer:
         self.config = config
         self.rank = rank
         self.exp_dir = Path(config.exp_dir)
-        self.tokenizer = Tokenizer(config.bpe_model)
+        self.tokenizer = Tokenizer(config.bpe_model, mark_repeats=config.mark_repeats)
         _seed_batch(config.seed, -1)  # deterministic initialisation
         if config.init_checkpoint:
             init = load_checkpoint(config.init_checkpoint)

@@ -8,6 +8,7 @@ from typing import Iterable, List
 import sentencepiece as spm
 
 BLANK, SOS_EOS, UNK = "<blk>", "<sos/eos>", "<unk>"
+WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
 
 
 def train_bpe(transcripts: Iterable[str], output_dir: Path | str, vocab_size: int, model_type: str = "unigram") -> Path:
@@ -39,15 +40,27 @@ def train_bpe(transcripts: Iterable[str], output_dir: Path | str, vocab_size: in
 
 
 class Tokenizer:
-    """Text <-> token ids; rejects text the model cannot represent instead of emitting <unk>."""
+    """Text <-> token ids; rejects text the model cannot represent instead of emitting <unk>.
 
-    def __init__(self, model_path: Path | str) -> None:
+    With ``mark_repeats``, a word equal to the word before it is preceded by the bare
+    word-boundary piece ``▁`` ("one one one" -> ``▁one ▁ ▁one ▁ ▁one``). A stateless predictor
+    sees only its last ``k`` tokens, so in a run of more than ``k`` equal words its input stops
+    changing and greedy search cannot tell whether it has already emitted the next word; with the
+    marker every emission changes it. The marker detokenizes to a space, so decoders, sherpa-onnx
+    and WER scoring need no change; it only shapes the training targets.
+    """
+
+    def __init__(self, model_path: Path | str, mark_repeats: bool = False) -> None:
         self.model_path = Path(model_path)
         self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
         if self.sp.piece_to_id(BLANK) != 0 or self.sp.unk_id() != 2:
             raise ValueError(f"{model_path}: expected {BLANK}=0 and {UNK}=2")
         self.blank_id = 0
         self.unk_id = 2
+        self.mark_repeats = mark_repeats
+        self.repeat_marker_id = self.sp.piece_to_id(WORD_BOUNDARY)
+        if mark_repeats and self.repeat_marker_id == self.unk_id:
+            raise ValueError(f"{model_path}: no bare {WORD_BOUNDARY!r} piece to mark repeated words with")
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
@@ -59,10 +72,20 @@ class Tokenizer:
         """Token ids of ``text``; empty text or characters unknown to the model raise ValueError."""
         if not text or not text.strip():
             raise ValueError(f"utterance {utterance_id}: empty transcript")
-        ids = self.sp.encode(text)
+        ids = self._encode_marking_repeats(text) if self.mark_repeats else self.sp.encode(text)
         if self.unk_id in ids:
             unknown = sorted({ch for ch in text if self.sp.encode(ch) and self.unk_id in self.sp.encode(ch)})
             raise ValueError(f"utterance {utterance_id}: transcript {text!r} has characters unknown to the tokenizer {unknown}")
+        return ids
+
+    def _encode_marking_repeats(self, text: str) -> List[int]:
+        ids: List[int] = []
+        previous = None
+        for word in text.split():  # sentencepiece splits on whitespace first: same pieces per word
+            if word == previous:
+                ids.append(self.repeat_marker_id)
+            ids.extend(self.sp.encode(word))
+            previous = word
         return ids
 
     def decode(self, ids: List[int]) -> str:
