@@ -4,7 +4,6 @@ torch model (encoder outputs, joiner logits, greedy hypotheses), streaming or no
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,39 +105,6 @@ def test_encoder_outputs_match_integer_for_integer(converted, dev):
         mismatches += int(np.count_nonzero(out != expected[i, :length]))
     print(f"[{converted.spec_name}] encoder output codes: {mismatches} mismatches of {compared}")
     assert mismatches == 0 and compared > 10_000
-
-
-def test_encoder_trains_with_dropout_and_stays_on_the_grid(converted):
-    model = copy.deepcopy(converted.model)
-    encoder, features = model.encoder, converted.features
-    encoder.dropout.p = 0.1  # the test model trained without it
-    encoder.train()
-    torch.manual_seed(0)
-    dropped, _ = encoder.encode_normalised(features)
-    dropped.sum().backward()
-    assert encoder.layers[0].weight_ih_l0.grad.abs().sum() > 0
-    scale, zero_point = encoder.output_range.scale_and_zero_point()
-    codes = torch.from_numpy(codes_of(dropped.detach(), encoder.output_range)).float()
-    assert torch.equal((codes - zero_point) * scale, dropped.detach())  # the residual add re-quantized
-    assert not torch.equal(dropped.detach(), converted.encoder_out)  # dropout acted
-    encoder.eval()
-    with torch.no_grad():
-        assert torch.equal(encoder.encode_normalised(features)[0], converted.encoder_out)
-
-
-def test_calibration_ranges_are_those_of_inference(small_checkpoint, calibration_batches):
-    ranges = []
-    for seed in (0, 1):  # different dropout masks, were dropout on
-        model = load_model([small_checkpoint])
-        nna_(model, SPECS["int8"])
-        model.encoder.dropout.p = 0.5
-        model.train()
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            calibrate(model, calibration_batches)
-        assert model.training and model.encoder.dropout.training  # modes restored
-        ranges.append({k: v for k, v in model.state_dict().items() if "_observer." in k})
-    assert ranges[0].keys() and all(torch.equal(v, ranges[1][k]) for k, v in ranges[0].items())
 
 
 def test_joiner_logits_match_on_the_transcript_lattice(converted, dev, tokenizer):

@@ -83,13 +83,9 @@ def nna_(model: Transducer, spec: NnaSpec, *, state_dict: Optional[dict] = None)
 @torch.no_grad()
 def calibrate(model: Transducer, batches: Iterable[Batch], prune_range: int = 5) -> int:
     """Runs training-mode forward passes (the training loss's, without gradients) so that every
-    EMA range observes real activations; returns the number of batches. Dropout is off: the
-    ranges are those of inference."""
+    EMA range observes real activations; returns the number of batches."""
     was_training = model.training
     model.train()
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.eval()
     count = 0
     for x, x_lens, y, y_lens in batches:
         model(x, x_lens, y, y_lens, prune_range=prune_range)

@@ -7,9 +7,8 @@ integer codes (held dequantized in floats). ``nna.convert.nna_`` builds them fro
 
 The encoder's ``FeatureNorm`` (its fixed normalisation of the log-mel features) stays float: it
 is the CPU front-end that runs before the first quantization, as the feature extraction does.
-The integer engine takes its output. The NNA encoder trains with the float encoder's dropout, in the same
-places: every consumer quantizes its input onto the producer's grid again (straight-through), so a dropped
-and rescaled code is snapped back; at inference dropout is the identity and the codes are the engine's.
+The integer engine takes its output. Dropout is not applied between integer ops (it would knock values off the
+integer grid); the NNA encoder trains without it.
 """
 
 from __future__ import annotations
@@ -69,12 +68,12 @@ class NnaLstmEncoder(LstmEncoder):
         self, features: torch.Tensor, state: Optional[LstmState] = None
     ) -> Tuple[torch.Tensor, LstmState]:
         """Everything after the float front-end: normalised ``(N, T, F)`` -> ``(out, new_state)``."""
-        out = self.dropout(self.subsampling(features))
+        out = self.subsampling(features)
         new_h, new_c = [], []
         for i, (layer, residual) in enumerate(zip(self.layers, self.residuals)):
             layer_state = None if state is None else (state[0][i : i + 1], state[1][i : i + 1])
             y, (h, c) = layer(out, layer_state)
-            out = residual(out, self.dropout(y))
+            out = residual(out, y)
             new_h.append(h)
             new_c.append(c)
         return out, (torch.cat(new_h), torch.cat(new_c))
