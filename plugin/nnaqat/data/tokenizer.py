@@ -8,7 +8,7 @@ from typing import Iterable, List
 import sentencepiece as spm
 
 BLANK, SOS_EOS, UNK = "<blk>", "<sos/eos>", "<unk>"
-WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
+WORD_BOUNDARY = "\u2581"  # sentencepiece's word-boundary mark "▁"
 
 
 def train_bpe(transcripts: Iterable[str], output_dir: Path | str, vocab_size: int, model_type: str = "unigram") -> Path:

@@ -19,9 +19,8 @@ from typing import Any, List, Mapping, Optional, Sequence
 import numpy as np
 from lhotse.cut import MixedCut, PaddingCut
 
+from nnaqat.data.tokenizer import WORD_BOUNDARY
 from nnaqat.decode.wer import EPS, align
-
-WORD_START = "\u2581"  # sentencepiece's word-boundary mark
 
 
 def word_end_times(cut: Any) -> Optional[List[float]]:
@@ -40,9 +39,9 @@ def word_emission_times(pieces: Sequence[str], times: Sequence[float]) -> List[f
     """
     words: List[List] = []  # [text, time]
     for piece, t in zip(pieces, times):
-        if piece.startswith(WORD_START) or not words:
+        if piece.startswith(WORD_BOUNDARY) or not words:
             words.append(["", t])
-        words[-1][0] += piece.replace(WORD_START, "")
+        words[-1][0] += piece.replace(WORD_BOUNDARY, "")
         words[-1][1] = t
     return [t for text, t in words if text]
 
