@@ -61,12 +61,14 @@ def tiny_data(tmp_path_factory, fsdd_manifests) -> TinyData:
 
 # A small model trained once per session on tiny_data, shared by the streaming, export and NNA tests:
 # the recipe's front end (band limit, causal mean normalisation whose state rides in an extra state
-# row), two LSTM layers (states with L > 1), 8x frame stacking, a context-2 stateless predictor.
+# row), two LSTM layers (states with L > 1), 8x frame stacking, a context-2 stateless predictor,
+# repeat-marked targets.
 SMALL_MODEL = {
     "encoder_kwargs": {"hidden_size": 96, "num_layers": 2, "subsampling_factor": 8, "dropout": 0.0,
                        "max_freq_hz": 3800, "cmn_prior_frames": 50},
     "predictor_kwargs": {"embedding_dim": 32, "context_size": 2},
     "joiner_dim": 32,
+    "mark_repeats": True,
 }
 SMALL_EPOCHS = 16
 

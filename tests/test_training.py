@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nnaqat.checkpoint import load_checkpoint, save_checkpoint
+from nnaqat.data.datamodule import batch_to_tensors
 from nnaqat.trainer import TrainConfig, lr_factor, pruned_loss_scale, train
 
 MODEL = {
@@ -131,3 +132,18 @@ def test_ctc_loss_needs_a_model_with_the_head(tiny_data, tmp_path):
     save_checkpoint(tmp_path / "plain.pt", plain._state(1, True))
     with pytest.raises(ValueError, match="has none"):
         Trainer(config(tiny_data, tmp_path / "ctc", ctc_loss_scale=0.3, init_checkpoint=str(tmp_path / "plain.pt")))
+
+
+def test_repeat_marked_targets_follow_the_model_into_fine_tuning(tiny_data, tmp_path):
+    from nnaqat.trainer import Trainer
+
+    marked = Trainer(config(tiny_data, tmp_path / "marked", model={**MODEL, "mark_repeats": True}))
+    assert marked.tokenizer.mark_repeats and not Trainer(config(tiny_data, tmp_path / "plain")).tokenizer.mark_repeats
+    batch = next(iter(marked.train_dl))
+    targets = batch_to_tensors(batch, marked.tokenizer)[2]
+    assert (targets == marked.tokenizer.repeat_marker_id).any()  # the connected digits have runs
+    loss, _ = marked.compute_loss(batch)
+    assert torch.isfinite(loss)
+    save_checkpoint(tmp_path / "marked.pt", marked._state(1, True))
+    fine_tune = Trainer(config(tiny_data, tmp_path / "ft", init_checkpoint=str(tmp_path / "marked.pt")))
+    assert fine_tune.model.config.mark_repeats and fine_tune.tokenizer.mark_repeats

@@ -65,7 +65,6 @@ class TrainConfig:
     ctc_loss_scale: float = 0.0  # > 0: train an auxiliary CTC head on the encoder with this weight
     delay_penalty: float = 0.0  # rewards earlier emission in the RNN-T losses (k2's delay_penalty)
     context_dropout: float = 0.0  # chance of hiding each token from the predictor in training
-    mark_repeats: bool = False  # targets: a word equal to the one before it gets a "▁" first (Tokenizer)
     warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
     spec_augment: bool = True
     time_warp: int = 20
@@ -119,7 +118,7 @@ class Trainer:
         self.config = config
         self.rank = rank
         self.exp_dir = Path(config.exp_dir)
-        self.tokenizer = Tokenizer(config.bpe_model, mark_repeats=config.mark_repeats)
+        self.tokenizer = Tokenizer(config.bpe_model)
         _seed_batch(config.seed, -1)  # deterministic initialisation
         if config.init_checkpoint:
             init = load_checkpoint(config.init_checkpoint)
@@ -132,6 +131,8 @@ class Trainer:
         else:
             model_config = {**config.model, "ctc_head": config.ctc_loss_scale > 0}
             self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **model_config))
+        if self.model.config.mark_repeats:  # the targets the model learns (or learned, when fine-tuning)
+            self.tokenizer = Tokenizer(config.bpe_model, mark_repeats=True)
         # The NNA emulation goes in first: a quantizer then wraps the emulated layers' weights.
         self.nna_spec = NnaSpec.from_yaml(config.nna_spec) if config.nna_spec else None
         if self.nna_spec is not None:

@@ -89,4 +89,4 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: List[int]) -> str:
-        return self.sp.decode([i for i in ids if i > 2])
+        return " ".join(self.sp.decode([i for i in ids if i > 2]).split())  # a repeat marker leaves a space

@@ -101,7 +101,7 @@ def decode_manifest(args: argparse.Namespace, recognizer: sherpa_onnx.OnlineReco
                 symbols = recognizer.tokens(a["stream"])
                 record = {
                     "id": a["id"], "tokens": [symbol_ids[s] for s in symbols], "symbols": symbols,
-                    "text": recognizer.get_result(a["stream"]), "num_chunks": len(a["chunks"]),
+                    "text": " ".join(recognizer.get_result(a["stream"]).split()), "num_chunks": len(a["chunks"]),
                 }
                 out.write(json.dumps(record) + "\n")
                 if args.dump_features:
@@ -130,7 +130,7 @@ def transcribe_wav(args: argparse.Namespace, recognizer: sherpa_onnx.OnlineRecog
             stream.input_finished()
         while recognizer.is_ready(stream):
             recognizer.decode_stream(stream)
-        new_text = recognizer.get_result(stream).strip()
+        new_text = " ".join(recognizer.get_result(stream).split())  # a repeat marker decodes to a space
         if new_text != text:
             text = new_text
             seconds = min(start + piece, len(samples)) / rate

@@ -25,6 +25,7 @@ class TransducerConfig:
     encoder_kwargs: Dict[str, Any] = field(default_factory=dict)
     predictor_kwargs: Dict[str, Any] = field(default_factory=dict)
     ctc_head: bool = False  # an auxiliary CTC head on the encoder, for training (icefall's --use-ctc)
+    mark_repeats: bool = False  # trained on targets with a "▁" before a repeated word (Tokenizer); fine-tuning keeps it
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
