@@ -7,8 +7,8 @@ integer codes (held dequantized in floats). ``nna.convert.nna_`` builds them fro
 
 The encoder's ``FeatureNorm`` (its fixed normalisation of the log-mel features) stays float: it
 is the CPU front-end that runs before the first quantization, as the feature extraction does.
-The integer engine takes its output. Dropout is not applied between integer ops (it would knock values off the
-integer grid); the NNA encoder trains without it.
+The integer engine takes its output. The NNA encoder trains without dropout: with the float encoder's dropout
+(each consumer re-quantizing its input) AAT did worse on unseen speakers (egs/fsdd/RESULTS.md).
 """
 
 from __future__ import annotations
