@@ -168,3 +168,4 @@ def test_repeat_marker_changes_every_stateless_context_and_decodes_away(tmp_path
     assert all(a != b for a, b in zip(windows, windows[1:]))
     assert marked.decode(ids) == text
     assert marked.encode("three one four") == plain.encode("three one four")  # no repeats, no markers
+    assert plain.with_repeat_marks(False) is plain and plain.with_repeat_marks(True).encode(text) == ids

@@ -131,8 +131,8 @@ class Trainer:
         else:
             model_config = {**config.model, "ctc_head": config.ctc_loss_scale > 0}
             self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **model_config))
-        if self.model.config.mark_repeats:  # the targets the model learns (or learned, when fine-tuning)
-            self.tokenizer = Tokenizer(config.bpe_model, mark_repeats=True)
+        # The targets the model learns (or learned, when fine-tuning).
+        self.tokenizer = self.tokenizer.with_repeat_marks(self.model.config.mark_repeats)
         # The NNA emulation goes in first: a quantizer then wraps the emulated layers' weights.
         self.nna_spec = NnaSpec.from_yaml(config.nna_spec) if config.nna_spec else None
         if self.nna_spec is not None:

@@ -62,6 +62,11 @@ class Tokenizer:
         if mark_repeats and self.repeat_marker_id == self.unk_id:
             raise ValueError(f"{model_path}: no bare {WORD_BOUNDARY!r} piece to mark repeated words with")
 
+    def with_repeat_marks(self, mark_repeats: bool) -> "Tokenizer":
+        """This tokenizer if it already marks repeats as asked, else one of the same model that does
+        (e.g. the targets a checkpoint's ``TransducerConfig.mark_repeats`` says it learned)."""
+        return self if mark_repeats == self.mark_repeats else Tokenizer(self.model_path, mark_repeats)
+
     def __len__(self) -> int:
         return self.sp.get_piece_size()
 
@@ -79,13 +84,12 @@ class Tokenizer:
         return ids
 
     def _encode_marking_repeats(self, text: str) -> List[int]:
+        words = text.split()  # sentencepiece splits on whitespace first: the same pieces per word
         ids: List[int] = []
-        previous = None
-        for word in text.split():  # sentencepiece splits on whitespace first: same pieces per word
-            if word == previous:
+        for i, (word, pieces) in enumerate(zip(words, self.sp.encode(words))):
+            if i > 0 and word == words[i - 1]:
                 ids.append(self.repeat_marker_id)
-            ids.extend(self.sp.encode(word))
-            previous = word
+            ids.extend(pieces)
         return ids
 
     def decode(self, ids: List[int]) -> str:

@@ -60,6 +60,11 @@ def tail_padding(args: argparse.Namespace, sample_rate: int) -> np.ndarray:
     return np.zeros(int(args.chunk_size * FRAME_SHIFT * sample_rate), np.float32)
 
 
+def _result_text(recognizer: sherpa_onnx.OnlineRecognizer, stream: sherpa_onnx.OnlineStream) -> str:
+    """The stream's text with single spaces (a repeat marker, a bare "▁", decodes to an extra one)."""
+    return " ".join(recognizer.get_result(stream).split())
+
+
 def decode_manifest(args: argparse.Namespace, recognizer: sherpa_onnx.OnlineRecognizer) -> None:
     symbol_ids = {}  # as sherpa-onnx reports tokens: sentencepiece's word mark shown as a space
     for line in open(args.tokens, encoding="utf-8"):
@@ -101,7 +106,7 @@ def decode_manifest(args: argparse.Namespace, recognizer: sherpa_onnx.OnlineReco
                 symbols = recognizer.tokens(a["stream"])
                 record = {
                     "id": a["id"], "tokens": [symbol_ids[s] for s in symbols], "symbols": symbols,
-                    "text": " ".join(recognizer.get_result(a["stream"]).split()), "num_chunks": len(a["chunks"]),
+                    "text": _result_text(recognizer, a["stream"]), "num_chunks": len(a["chunks"]),
                 }
                 out.write(json.dumps(record) + "\n")
                 if args.dump_features:
@@ -130,7 +135,7 @@ def transcribe_wav(args: argparse.Namespace, recognizer: sherpa_onnx.OnlineRecog
             stream.input_finished()
         while recognizer.is_ready(stream):
             recognizer.decode_stream(stream)
-        new_text = " ".join(recognizer.get_result(stream).split())  # a repeat marker decodes to a space
+        new_text = _result_text(recognizer, stream)
         if new_text != text:
             text = new_text
             seconds = min(start + piece, len(samples)) / rate

@@ -37,8 +37,7 @@ def calibrate_on_cuts(
     """Calibrates an ``nna_``-converted model on the first ``num_batches`` batches of ``cuts``
     (with features, unaugmented, in order) and freezes its ranges: before AAT training, or for
     the post-training integer model. Returns the batches used."""
-    if tokenizer.mark_repeats != model.config.mark_repeats:  # calibrate on the targets the model learned
-        tokenizer = Tokenizer(tokenizer.model_path, mark_repeats=model.config.mark_repeats)
+    tokenizer = tokenizer.with_repeat_marks(model.config.mark_repeats)  # the targets the model learned
     batches = (batch_to_tensors(batch, tokenizer)[:4] for batch in eval_dataloader(cuts, max_duration))
     count = calibrate(model, itertools.islice(batches, num_batches), prune_range=prune_range)
     freeze_calibration(model)
