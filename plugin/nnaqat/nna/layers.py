@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnaqat.nna import ops
+from nnaqat.nna import _kernels, ops
 from nnaqat.nna import reference as ref
 from nnaqat.nna.integer_model import AddOpParams, ConvParams
 from nnaqat.nna.linear import (
@@ -27,7 +27,6 @@ from nnaqat.nna.linear import (
 from nnaqat.nna.lut import spec_lut
 from nnaqat.nna.ranges import FixedRange, RangeSource, TiedRange
 from nnaqat.nna.spec import NnaSpec, WeightFormat
-from nnaqat.quant.fake_quant import straight_through
 
 if TYPE_CHECKING:
     from nnaqat.nna.placement import CpuFallback
@@ -280,20 +279,40 @@ class NnaAddTanh(nn.Module):
         bits = self.spec.activations.bits
         if self.cpu_fallback is not None:
             return self.cpu_fallback.output(torch.tanh(a + b), self.output_range, bits)
-        a_q, _ = _quantize_with(self.a_range, a, bits)
-        b_q, _ = _quantize_with(self.b_range, b, bits)
         if bits > MAX_PAIR_TABLE_BITS:
-            out_q = self.integer_op(a_q, b_q)
-        else:
-            value, grad_a, grad_b = self._pair_tables()
-            low, _ = ref.int_range(bits)
-            pair = (a_q.detach().long() - low) * 2**bits + (b_q.detach().long() - low)
-            out_q = value.flatten()[pair]
-            if ops.needs_grad(a_q, b_q):
-                surrogate = a_q * grad_a.flatten()[pair] + b_q * grad_b.flatten()[pair]
-                out_q = straight_through(out_q, surrogate)
-        return ops.dequantize(out_q, self.output_range.scale, 0)
+            a_q, _ = _quantize_with(self.a_range, a, bits)
+            b_q, _ = _quantize_with(self.b_range, b, bits)
+            return ops.dequantize(self.integer_op(a_q, b_q), self.output_range.scale, 0)
+        a_scale, a_zero_point = self.a_range.scale_and_zero_point()
+        b_scale, b_zero_point = self.b_range.scale_and_zero_point()
+        a, b = torch.broadcast_tensors(a, b)
+        quantization = (float(a_scale), a_zero_point, float(b_scale), b_zero_point, bits)
+        return _PairLookup.apply(a, b, quantization, self._pair_tables(), float(self.output_range.scale))
 
     @torch.no_grad()
     def integer_params(self) -> Tuple[AddOpParams, ref.FixedPointMultiplier]:
         return self._constants()
+
+
+class _PairLookup(torch.autograd.Function):
+    """``NnaAddTanh`` through its pair tables in one compiled pass (``csrc/elementwise.cpp``):
+    both inputs quantized, the output code read from the table of every input pair and
+    dequantized. Gradients: the table's partial derivatives times each quantization's clipped
+    straight-through ``1 / scale``."""
+
+    @staticmethod
+    def forward(ctx, a, b, quantization, tables, out_scale):  # type: ignore[override]
+        a_scale, a_zero_point, b_scale, b_zero_point, bits = quantization
+        value, grad_a, grad_b = tables
+        out, pair, inside = _kernels.pair_lookup(
+            a, b, a_scale, a_zero_point, b_scale, b_zero_point, bits, value, out_scale
+        )  # fmt: skip
+        ctx.save_for_backward(pair, inside, grad_a, grad_b)
+        ctx.factors = (out_scale / a_scale, out_scale / b_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pair, inside, grad_a, grad_b = ctx.saved_tensors
+        d_a, d_b = _kernels.pair_lookup_backward(grad, pair, inside, grad_a, grad_b, *ctx.factors)
+        return d_a, d_b, None, None, None

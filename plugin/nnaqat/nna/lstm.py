@@ -17,12 +17,12 @@ input range.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
-from nnaqat.nna import ops
+from nnaqat.nna import _kernels, ops
 from nnaqat.nna import reference as ref
 from nnaqat.nna.linear import (
     RangeObserver,
@@ -33,7 +33,7 @@ from nnaqat.nna.linear import (
     symmetric_weight_scale,
 )
 from nnaqat.nna.reference_lstm import LstmParams, cell_frac_bits, gate_luts, provisional_cell_max_abs
-from nnaqat.nna.spec import NnaSpec
+from nnaqat.nna.spec import ROUNDINGS, NnaSpec
 
 if TYPE_CHECKING:
     from nnaqat.nna.placement import CpuFallback
@@ -50,7 +50,6 @@ class _Integers(NamedTuple):
     m_x: torch.Tensor  # (4H,) M0 to the gate format
     shift_x: torch.Tensor
     w_h: torch.Tensor  # (4H, H)
-    w_h_max_abs: float
     h_zero_point: int
     m_h: torch.Tensor
     shift_h: torch.Tensor
@@ -59,25 +58,24 @@ class _Integers(NamedTuple):
     shift_out: int
 
 
-class _Step(NamedTuple):
-    """What one integer step leaves for the backward pass (``N`` sequences, ``H`` hidden units;
-    stacked over steps as ``(T, N, ...)``). ``*_inside``: where a saturation did not clip."""
+class _Records(NamedTuple):
+    """What the integer recurrence leaves for the backward pass, stacked ``(T, N, ...)`` over
+    steps (``N`` sequences, ``H`` hidden units); in ``csrc/lstm.cpp``'s order. ``*_inside``
+    (bool): where a saturation did not clip."""
 
-    h_prev: torch.Tensor  # (N, H) hidden codes the step read
-    acc_inside: Optional[torch.Tensor]  # (N, 4H) recurrent accumulator (None: wrapping)
-    gates: torch.Tensor  # (N, 4H) saturated gate codes, the tables' inputs
-    gates_inside: torch.Tensor
-    ifgo: torch.Tensor  # (N, 4H) i, f, g, o from the tables
-    c_prev: torch.Tensor  # (N, H) cell codes the step read
+    h_prev: torch.Tensor  # (T, N, H) hidden codes each step read
+    acc_inside: torch.Tensor  # (T, N, 4H) recurrent accumulator (all True when wrapping)
+    gates_inside: torch.Tensor  # (T, N, 4H)
+    ifgo: torch.Tensor  # (T, N, 4H) i, f, g, o from the tables
+    c_prev: torch.Tensor  # (T, N, H) cell codes each step read
     kept_inside: torch.Tensor  # f * c
     written_inside: torch.Tensor  # i * g
     cell_inside: torch.Tensor  # f * c + i * g
-    cell_gate: torch.Tensor  # (N, H) the new cell in the gate format, tanh's input
+    cell_gate: torch.Tensor  # (T, N, H) the new cell in the gate format, tanh's input
     cell_gate_inside: torch.Tensor
-    squashed: torch.Tensor  # (N, H) tanh of the new cell
+    squashed: torch.Tensor  # (T, N, H) tanh of the new cell
     h_inside: torch.Tensor
-    product_range: torch.Tensor  # (2,) min and max of o * tanh(c), for calibration
-    cell_range: torch.Tensor  # (2,) of the unsaturated cell
+    gates: torch.Tensor  # (T, N, 4H) saturated gate codes, the tables' inputs
 
 
 class NnaLstm(nn.Module):
@@ -150,7 +148,7 @@ class NnaLstm(nn.Module):
             w_x=quantize_weight(self.weight_ih_l0, wx_scale, spec.weights.bits),
             bias=quantize_bias(self.bias_ih_l0 + self.bias_hh_l0, x_scale, wx_scale, spec.accumulator.bits),
             x_zero_point=x_zero_point, m_x=m_x, shift_x=shift_x,
-            w_h=w_h, w_h_max_abs=float(w_h.detach().abs().amax()),
+            w_h=w_h,
             h_zero_point=h_zero_point, m_h=m_h, shift_h=shift_h,
             cell_frac_bits=self.cell_frac_bits(), m_out=m_out, shift_out=shift_out,
         )  # fmt: skip
@@ -184,73 +182,34 @@ class NnaLstm(nn.Module):
         gate_frac = self.spec.lstm.gate.frac_bits
         return (1.0, c_frac - gate_frac) if c_frac >= gate_frac else (2.0 ** (gate_frac - c_frac), 0)
 
-    def _step(
-        self, k: _Integers, c_frac: int, from_input: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, _Step]:
-        """One integer step, no gradient: ``from_input (N, 4H)`` gate codes of the input, state
-        codes ``h, c (N, H)`` -> the new ``h, c`` and what the backward pass needs."""
-        spec, lstm, acc = self.spec, self.spec.lstm, self.spec.accumulator
-        rounding, order = spec.requantization.rounding, spec.requantization.zero_point
-        n_frac = lstm.nonlinearity.frac_bits
-        total = ops.exact_linear(h - k.h_zero_point, k.w_h, k.w_h_max_abs)
-        if acc.overflow == "saturate":
-            acc_h, acc_inside = ops.saturate(total, acc.bits)
-        else:
-            acc_h, acc_inside = ops.wrap(total, acc.bits), None
-        pre = from_input.double() + ops.requantize(acc_h, k.m_h, k.shift_h, rounding)
-        gates, gates_inside = ops.saturate(pre, lstm.gate.bits)
-        gates = gates.float()
-        i, f, g, o = gates.chunk(4, dim=-1)
-        i, f, o = (ops.lut_lookup(v, self.luts.sigmoid) for v in (i, f, o))
-        g = ops.lut_lookup(g, self.luts.tanh)
-        kept, kept_inside = ops.saturate(ops.mul_rounded(f, c, n_frac, rounding), lstm.cell_bits)
-        written, written_inside = ops.saturate(ops.mul_rounded(i, g, 2 * n_frac - c_frac, rounding), lstm.cell_bits)
-        unsaturated = kept + written
-        c_new, cell_inside = ops.saturate(unsaturated, lstm.cell_bits)
-        c_new = c_new.float()
-        factor, shift = self._cell_to_gate_format(c_frac)
-        cell_gate, cell_gate_inside = ops.saturate(ops.mul_rounded(c_new, torch.tensor(factor), shift, rounding), lstm.gate.bits)
-        cell_gate = cell_gate.float()
-        squashed = ops.lut_lookup(cell_gate, self.luts.tanh)
-        product = o.double() * squashed.double()  # < 2**30: exact in float64, not float32
-        h_new, h_inside = ops.saturate(
-            ops.requantized_codes(product, k.m_out, k.shift_out, k.h_zero_point, rounding, order), lstm.hidden_bits
-        )
-        record = _Step(
-            h_prev=h, acc_inside=acc_inside, gates=gates, gates_inside=gates_inside, ifgo=torch.cat([i, f, g, o], -1),
-            c_prev=c, kept_inside=kept_inside, written_inside=written_inside, cell_inside=cell_inside,
-            cell_gate=cell_gate, cell_gate_inside=cell_gate_inside, squashed=squashed, h_inside=h_inside,
-            product_range=torch.stack([product.min(), product.max()]),
-            cell_range=torch.stack([unsaturated.min(), unsaturated.max()]),
-        )  # fmt: skip
-        return h_new.float(), c_new, record
-
     def recurrence(
         self, k: _Integers, from_input: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: bool = False
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[_Step]]:
-        """The integer recurrence, no gradient: ``from_input (N, T, 4H)`` gate codes, state codes
-        ``(N, H)`` -> ``(y (N, T, H), h_T, c_T, records)``, the records stacked ``(T, N, ...)``
-        if ``keep``. Observes the hidden and cell ranges in training (used from the next call on)."""
-        c_frac = k.cell_frac_bits
-        outputs: List[torch.Tensor] = []
-        records: List[_Step] = []  # kept for the backward pass only
-        product_ranges: List[torch.Tensor] = []
-        cell_ranges: List[torch.Tensor] = []
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[_Records]]:
+        """The integer recurrence (compiled, ``csrc/lstm.cpp``), no gradient:
+        ``from_input (N, T, 4H)`` gate codes, state codes ``(N, H)`` -> ``(y (N, T, H), h_T,
+        c_T, records)``, the records for the backward pass if ``keep``. Observes the hidden and
+        cell ranges in training (used from the next call on)."""
+        spec, lstm = self.spec, self.spec.lstm
+        rounding, order = spec.requantization.rounding, spec.requantization.zero_point
+        if int(k.shift_h.max()) > ops.MAX_EXACT_FLOAT64_SHIFT:
+            raise ValueError(f"recurrent shift must be <= {ops.MAX_EXACT_FLOAT64_SHIFT}")
+        n_frac, c_frac = lstm.nonlinearity.frac_bits, k.cell_frac_bits
+        factor, shift = self._cell_to_gate_format(c_frac)
+        ints = [
+            k.h_zero_point, spec.accumulator.bits, lstm.gate.bits, lstm.cell_bits, lstm.hidden_bits, k.m_out,
+            k.shift_out, ROUNDINGS.index(rounding), spec.accumulator.overflow == "saturate",
+            order == "before_rounding",
+        ]  # fmt: skip
+        reals = [2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac), factor * 2.0**-shift]
         with torch.no_grad():
-            for t in range(from_input.size(1)):
-                h, c, record = self._step(k, c_frac, from_input[:, t], h, c)
-                outputs.append(h)
-                product_ranges.append(record.product_range)
-                cell_ranges.append(record.cell_range)
-                if keep:
-                    records.append(record)
-            if self.training and outputs:
-                n_frac = self.spec.lstm.nonlinearity.frac_bits
-                self.hidden_observer.observe(torch.cat(product_ranges) * 2.0 ** (-2 * n_frac))
-                self.cell_observer.observe(torch.cat(cell_ranges) * 2.0**-c_frac)
-        y = torch.stack(outputs, dim=1) if outputs else from_input.new_zeros(from_input.size(0), 0, self.hidden_size)
-        stacked = _Step(*(None if v[0] is None else torch.stack(v) for v in zip(*records))) if records else None
-        return y, h, c, stacked
+            y, h, c, ranges, *records = _kernels.lstm_forward(
+                from_input, k.w_h, h, c, k.m_h, k.shift_h, ops.expanded_table(self.luts.sigmoid),
+                ops.expanded_table(self.luts.tanh), ints, reals, keep,
+            )  # fmt: skip
+            if self.training and from_input.size(1):
+                self.hidden_observer.observe(ranges[:2] * 2.0 ** (-2 * n_frac))
+                self.cell_observer.observe(ranges[2:] * 2.0**-c_frac)
+        return y, h, c, _Records(*records) if keep and from_input.size(1) else None
 
     def forward_integers(
         self, x_q: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]
@@ -318,33 +277,29 @@ class _Recurrence(torch.autograd.Function):
 
     Autograd through the step's dozen operators costs several times the integer step itself;
     here the forward pass keeps what each step saturated and the backward pass runs the chain
-    rule once per step: rounding is the identity, a saturation passes gradients where it did
-    not clip, a requantization multiplies by its real multiplier, a table by the true
-    function's derivative. ``tests/test_nna_lstm.py`` checks it against autograd through ``ops``.
+    rule once per step (compiled, ``csrc/lstm.cpp``): rounding is the identity, a
+    saturation passes gradients where it did not clip, a requantization multiplies by its real
+    multiplier, a table by the true function's derivative. ``tests/test_nna_lstm.py`` checks it
+    against autograd through ``ops``.
     """
 
     @staticmethod
     def forward(ctx, layer: NnaLstm, k: _Integers, from_input, w_h, h0, c0):  # type: ignore[override]
-        y, h, c, record = layer.recurrence(k, from_input.detach(), h0.detach(), c0.detach(), keep=True)
+        y, h, c, records = layer.recurrence(k, from_input.detach(), h0.detach(), c0.detach(), keep=True)
         ctx.layer, ctx.k = layer, k
-        ctx.record = record
+        ctx.records = records
         ctx.save_for_backward(w_h)
         return y, h, c
 
     @staticmethod
     def backward(ctx, grad_y, grad_h, grad_c):  # type: ignore[override]
         (w_h,) = ctx.saved_tensors
-        layer, k, r = ctx.layer, ctx.k, ctx.record
+        layer, k, r = ctx.layer, ctx.k, ctx.records
         if r is None:  # an empty sequence
             return None, None, torch.zeros(grad_y.shape[:2] + (w_h.size(0),)), torch.zeros_like(w_h), grad_h, grad_c
-        n_frac, c_frac = layer.spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
-        steps = r.gates.size(0)
-        w = w_h.detach().float()
-        r_h = ops.real_multiplier(k.m_h, k.shift_h).float()  # (4H,)
-        r_out = float(ops.real_multiplier(k.m_out, k.shift_out))
-        kept_scale, written_scale = 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac)
+        spec = layer.spec
+        n_frac, c_frac = spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
         factor, shift = layer._cell_to_gate_format(c_frac)
-        cell_gate_scale = factor * 2.0**-shift
         sigmoid_lut, tanh_lut = layer.luts
         # Table derivatives of every step at once: i, f, o through sigmoid, g through tanh.
         i_x, f_x, g_x, o_x = r.gates.chunk(4, dim=-1)
@@ -352,27 +307,15 @@ class _Recurrence(torch.autograd.Function):
             [ops.lut_derivative(i_x, sigmoid_lut), ops.lut_derivative(f_x, sigmoid_lut),
              ops.lut_derivative(g_x, tanh_lut), ops.lut_derivative(o_x, sigmoid_lut)], dim=-1,
         ) * r.gates_inside  # fmt: skip
-        squash_slope = ops.lut_derivative(r.cell_gate, tanh_lut) * (cell_gate_scale * r.cell_gate_inside)
-        i, f, g, o = r.ifgo.chunk(4, dim=-1)
-        grad_gates = torch.empty_like(r.gates)
-        grad_acc = torch.empty_like(r.gates)  # of the recurrent accumulator, for the weight's gradient
-        dh = torch.zeros_like(r.squashed[0]) if grad_h is None else grad_h.float().clone()
-        dc = torch.zeros_like(r.squashed[0]) if grad_c is None else grad_c.float().clone()
-        grad_y = grad_y.float() if grad_y is not None else None
-        for t in range(steps - 1, -1, -1):
-            if grad_y is not None:
-                dh = dh + grad_y[:, t]
-            d_product = dh * (r_out * r.h_inside[t])
-            d_o = d_product * r.squashed[t]
-            dc = (dc + d_product * o[t] * squash_slope[t]) * r.cell_inside[t]
-            d_kept = dc * (kept_scale * r.kept_inside[t])
-            d_written = dc * (written_scale * r.written_inside[t])
-            d_gate = torch.cat([d_written * g[t], d_kept * r.c_prev[t], d_written * i[t], d_o], dim=-1) * slopes[t]
-            grad_gates[t] = d_gate
-            d_acc = d_gate * r_h if r.acc_inside is None else d_gate * r_h * r.acc_inside[t]
-            grad_acc[t] = d_acc
-            dh = d_acc @ w
-            dc = d_kept * f[t]
+        squash_slope = ops.lut_derivative(r.cell_gate, tanh_lut) * (factor * 2.0**-shift * r.cell_gate_inside)
+        state_shape = r.squashed[0].shape
+        grad_gates, grad_acc, dh, dc = _kernels.lstm_backward(
+            torch.empty(0) if grad_y is None else grad_y,
+            torch.zeros(state_shape) if grad_h is None else grad_h,
+            torch.zeros(state_shape) if grad_c is None else grad_c,
+            list(r), slopes, squash_slope, w_h.detach(), ops.real_multiplier(k.m_h, k.shift_h).float(),
+            [float(ops.real_multiplier(k.m_out, k.shift_out)), 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac)],
+        )  # fmt: skip
         # The recurrent weight's gradient, all steps in one matmul: sum_t d_acc_t^T (h_{t-1} - z_h).
         grad_w = grad_acc.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
         return None, None, grad_gates.transpose(0, 1), grad_w, dh, dc

@@ -16,13 +16,15 @@ Argument conventions (multiplier, shift, rounding modes) are those of ``referenc
 
 from __future__ import annotations
 
+import math
 import weakref
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnaqat.nna import _kernels
 from nnaqat.nna.lut import Lut
 from nnaqat.nna.reference import INT32_MAX, INT32_MIN, AddParams, int_range
 from nnaqat.nna.spec import OVERFLOWS, ROUNDINGS
@@ -65,19 +67,51 @@ def real_multiplier(multiplier: IntTensor, shift: IntTensor) -> torch.Tensor:
     return torch.ldexp(_long(multiplier).double(), _long(shift) - 31)
 
 
+def channel_layout(param: torch.Tensor, shape: torch.Size) -> Tuple[torch.Tensor, int]:
+    """``param``, which broadcasts against ``shape``, as the compiled kernels read a per-channel
+    parameter: a flat ``(C,)`` vector read at channel ``(i // inner) % C`` of the flat element
+    index ``i``. One value: ``C = 1``; a vector along the last axis: ``inner = 1``; ``(C, 1, ...)``
+    along the first: ``inner`` = the row size; anything else is expanded to ``shape``."""
+    if param.numel() == 1:
+        return param.reshape(1), 1
+    if param.dim() == 1 and len(shape) and param.numel() == shape[-1]:
+        return param, 1
+    if param.dim() == len(shape) and param.shape[0] == shape[0] and all(d == 1 for d in param.shape[1:]):
+        return param.flatten(), math.prod(shape[1:])
+    return torch.broadcast_to(param, shape).flatten(), 1
+
+
+class _Quantize(torch.autograd.Function):
+    """:func:`quantize` in one compiled pass; gradient ``1 / scale`` where the clamp is inactive."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, bits):  # type: ignore[override]
+        scales, inner = channel_layout(scale, x.shape)
+        codes, inside = _kernels.quantize_codes(x, scales, inner, zero_point, bits)
+        ctx.save_for_backward(scales, inside)
+        ctx.inner = inner
+        return codes
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        scales, inside = ctx.saved_tensors
+        return _kernels.masked_divide(grad, scales, ctx.inner, inside), None, None, None
+
+
 def quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, bits: int) -> torch.Tensor:
     """``reference.quantize``: ``clamp(round(x / scale) + zero_point)`` to signed ``bits`` bits,
-    computed in float32 as ONNX QuantizeLinear (a division, ties to even).
+    computed in float32 as ONNX QuantizeLinear (a division, ties to even). ``scale`` broadcasts
+    against ``x`` and is a constant (no gradient).
 
     float32, same shape as ``x``. Gradient ``1 / scale`` where the clamp is inactive, else 0.
     """
-    low, high = int_range(bits)
-    scaled = x.float() / torch.as_tensor(scale, dtype=torch.float32)
-    unclamped = torch.round(scaled.detach()) + zero_point
-    if not needs_grad(x, scale):
-        return unclamped.clamp(low, high)
-    inside = (unclamped >= low) & (unclamped <= high)
-    return straight_through(unclamped.clamp(low, high), scaled * inside)
+    scale = torch.as_tensor(scale, dtype=torch.float32).detach()
+    if x.shape != torch.broadcast_shapes(x.shape, scale.shape):
+        x = x.expand(torch.broadcast_shapes(x.shape, scale.shape))
+    if needs_grad(x):
+        return _Quantize.apply(x.float(), scale, int(zero_point), bits)
+    scales, inner = channel_layout(scale, x.shape)
+    return _kernels.quantize_codes(x.detach(), scales, inner, int(zero_point), bits)[0]
 
 
 def dequantize(q: torch.Tensor, scale: float | torch.Tensor, zero_point: int) -> torch.Tensor:
@@ -215,28 +249,56 @@ def saturate(value: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
     return value.clamp(low, high), (value >= low) & (value <= high)
 
 
+class _RequantizeOutput(torch.autograd.Function):
+    """:func:`requantize_output` in one compiled pass; gradient the real multiplier where the
+    clamp is inactive."""
+
+    @staticmethod
+    def forward(ctx, acc, multiplier, shift, inner, zero_point, out_bits, rounding, before):  # type: ignore[override]
+        codes, inside = _kernels.requantize_codes(acc, multiplier, shift, inner, zero_point, out_bits, rounding, before)
+        ctx.save_for_backward(real_multiplier(multiplier, shift), inside)
+        ctx.inner, ctx.acc_dtype = inner, acc.dtype
+        return codes
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        reals, inside = ctx.saved_tensors
+        grad_acc = _kernels.masked_scale(grad, reals, ctx.inner, inside).to(ctx.acc_dtype)
+        return grad_acc, None, None, None, None, None, None, None
+
+
 def requantize_output(
     acc: torch.Tensor,
     multiplier: IntTensor,
     shift: IntTensor,
-    zero_point: IntTensor,
+    zero_point: int,
     out_bits: int,
     rounding: str,
     zero_point_order: str = "after_rounding",
 ) -> torch.Tensor:
     """``reference.requantize_output``: round, add the zero point, clamp to ``out_bits`` (<= 24).
 
-    Returns float32, the broadcast shape. Gradient: the real multiplier where the clamp is
-    inactive, else 0.
+    ``acc`` holds int32 accumulators (any float dtype); ``multiplier`` and ``shift`` broadcast
+    against it; one zero point. Returns float32, the broadcast shape. Gradient: the real
+    multiplier where the clamp is inactive, else 0.
     """
+    _check_rounding(rounding)
     if out_bits > 24:
         raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
-    value = requantized_codes(acc, multiplier, shift, zero_point, rounding, zero_point_order)
-    if not needs_grad(acc):
-        return value.clamp(*int_range(out_bits)).float()
-    value, inside = saturate(value, out_bits)
-    surrogate = acc.double() * real_multiplier(multiplier, shift) * inside
-    return straight_through(value.float(), surrogate.float())
+    if zero_point_order not in ("after_rounding", "before_rounding") or (
+        zero_point_order == "before_rounding" and rounding != "fp32_rne"
+    ):
+        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+    multiplier, shift = torch.broadcast_tensors(_long(multiplier), _long(shift))
+    shape = torch.broadcast_shapes(acc.shape, multiplier.shape)
+    if acc.shape != shape:
+        acc = acc.expand(shape)
+    multipliers, inner = channel_layout(multiplier, shape)
+    shifts, _ = channel_layout(shift, shape)
+    args = (inner, int(zero_point), out_bits, ROUNDINGS.index(rounding), zero_point_order == "before_rounding")
+    if needs_grad(acc):
+        return _RequantizeOutput.apply(acc, multipliers, shifts, *args)
+    return _kernels.requantize_codes(acc.detach(), multipliers, shifts, *args)[0]
 
 
 def add(
@@ -303,7 +365,7 @@ _MAX_EXPANDED_INPUT_BITS = 16
 _expanded: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
-def _expanded_table(lut: Lut) -> torch.Tensor:
+def expanded_table(lut: Lut) -> torch.Tensor:
     """The lookup of every input code, float32 ``(2**input_bits,)``: one gather per lookup instead
     of three and the interpolation arithmetic (built once per table)."""
     if lut not in _expanded:
@@ -320,7 +382,7 @@ def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
     low, _ = int_range(lut.input.bits)
     position = x.detach().long() - low
     if lut.input.bits <= _MAX_EXPANDED_INPUT_BITS:
-        value = _expanded_table(lut)[position]
+        value = expanded_table(lut)[position]
     else:
         value = _table_values(position, lut).float()
     if not needs_grad(x):
@@ -351,9 +413,11 @@ def embedding_lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "accumulate",
     "add",
+    "channel_layout",
     "dequantize",
     "embedding_lookup",
     "exact_linear",
+    "expanded_table",
     "fake_quantize",
     "lut_derivative",
     "lut_lookup",

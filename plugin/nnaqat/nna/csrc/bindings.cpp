@@ -1,0 +1,36 @@
+// Python bindings of the compiled NNA kernels: the extension nnaqat.nna._kernels (setup.py).
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace nnaqat {
+std::vector<torch::Tensor> lstm_forward(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                        torch::Tensor, torch::Tensor, torch::Tensor, std::vector<int64_t>,
+                                        std::vector<double>, bool);
+std::vector<torch::Tensor> lstm_backward(torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>,
+                                         torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                         std::vector<double>);
+std::vector<torch::Tensor> quantize_codes(torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t);
+std::vector<torch::Tensor> requantize_codes(torch::Tensor, torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t,
+                                            int64_t, bool);
+torch::Tensor masked_scale(torch::Tensor, torch::Tensor, int64_t, torch::Tensor);
+torch::Tensor masked_divide(torch::Tensor, torch::Tensor, int64_t, torch::Tensor);
+std::vector<torch::Tensor> pair_lookup(torch::Tensor, torch::Tensor, double, int64_t, double, int64_t, int64_t,
+                                       torch::Tensor, double);
+std::vector<torch::Tensor> pair_lookup_backward(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                                torch::Tensor, double, double);
+}  // namespace nnaqat
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Compiled kernels of the emulated NNA (nnaqat.nna): the integer LSTM recurrence and "
+            "one-pass element-wise operators";
+  m.def("lstm_forward", &nnaqat::lstm_forward, "integer LSTM recurrence, no gradient (lstm.cpp)");
+  m.def("lstm_backward", &nnaqat::lstm_backward, "straight-through backward pass of lstm_forward");
+  m.def("quantize_codes", &nnaqat::quantize_codes, "ops.quantize's codes and clamp mask");
+  m.def("requantize_codes", &nnaqat::requantize_codes, "ops.requantize_output's codes and clamp mask");
+  m.def("masked_scale", &nnaqat::masked_scale, "grad * factor[channel] where inside, float64");
+  m.def("masked_divide", &nnaqat::masked_divide, "grad / divisor[channel] where inside, float32");
+  m.def("pair_lookup", &nnaqat::pair_lookup, "NnaAddTanh through its pair table");
+  m.def("pair_lookup_backward", &nnaqat::pair_lookup_backward, "gradients of pair_lookup");
+}

@@ -1,0 +1,189 @@
+// Element-wise NNA operators of nnaqat/nna/ops.py and nnaqat/nna/layers.py, one pass each.
+//
+// The emulated model spends most of its time in a few operators applied to large tensors
+// (the joiner's lattice, the LSTM's input gates): composed of torch operators each is a dozen
+// passes over memory in int64 and float64. Here each is one pass. Per-channel parameters are
+// (C,) vectors read at channel (i / inner) % C of the flat element index i: C = 1 for one
+// value, inner = 1 along the last axis, inner = the row size along the first (ops.channel_layout).
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "fixed_point.h"
+
+namespace nnaqat {
+namespace {
+
+constexpr int64_t kGrain = 16384;
+
+// Calls f(i, c) for every flat index i in [0, numel) and its channel c, in parallel, without
+// a division per element: numel is a whole number of periods of channels * inner elements.
+template <typename F>
+void for_each_element(int64_t numel, int64_t channels, int64_t inner, const F& f) {
+  TORCH_CHECK(channels >= 1 && inner >= 1 && numel % (channels * inner) == 0, "bad channel layout: ", numel,
+              " elements, ", channels, " channels of ", inner);
+  if (channels == 1) {  // one parameter: a flat loop the compiler can vectorize
+    at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) f(i, 0);
+    });
+    return;
+  }
+  const int64_t period = channels * inner;
+  at::parallel_for(0, numel / period, std::max<int64_t>(1, kGrain / period), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      if (inner == 1) {
+        for (int64_t c = 0; c < channels; ++c) f(p * channels + c, c);
+        continue;
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t first = (p * channels + c) * inner;
+        for (int64_t i = first; i < first + inner; ++i) f(i, c);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// ops.quantize: x (float32, contiguous), scale (C,) float32 -> [codes float32, inside bool].
+std::vector<torch::Tensor> quantize_codes(torch::Tensor x, torch::Tensor scale, int64_t inner, int64_t zero_point,
+                                          int64_t bits) {
+  const auto input = x.to(torch::kFloat32).contiguous();
+  const auto scales = scale.to(torch::kFloat32).contiguous();
+  auto codes = torch::empty_like(input);
+  auto inside = torch::empty(input.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  const float* xp = input.data_ptr<float>();
+  const float* sp = scales.data_ptr<float>();
+  float* out = codes.data_ptr<float>();
+  bool* in = inside.data_ptr<bool>();
+  const float low = low_of(bits), high = high_of(bits), zp = static_cast<float>(zero_point);
+  for_each_element(input.numel(), scales.numel(), inner, [&](int64_t i, int64_t c) {
+    out[i] = quantize(xp[i], sp[c], zp, low, high, &in[i]);
+  });
+  return {codes, inside};
+}
+
+// ops.requantize_output: acc (float64 integers, contiguous), multiplier and shift (C,) int64
+// -> [codes float32, inside bool] (saturated to `bits`).
+std::vector<torch::Tensor> requantize_codes(torch::Tensor acc, torch::Tensor multiplier, torch::Tensor shift,
+                                            int64_t inner, int64_t zero_point, int64_t bits, int64_t rounding,
+                                            bool zero_point_before_rounding) {
+  TORCH_CHECK(rounding >= 0 && rounding <= 3, "requantize_codes: unknown rounding ", rounding);
+  const auto input = acc.to(torch::kFloat64).contiguous();
+  const auto m = multiplier.to(torch::kInt64).contiguous(), s = shift.to(torch::kInt64).contiguous();
+  TORCH_CHECK(s.numel() == m.numel(), "requantize_codes: one shift per multiplier");
+  auto codes = torch::empty(input.sizes(), torch::TensorOptions().dtype(torch::kFloat32));
+  auto inside = torch::empty(input.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  const double* ap = input.data_ptr<double>();
+  const int64_t* mp = m.data_ptr<int64_t>();
+  const int64_t* sp = s.data_ptr<int64_t>();
+  float* out = codes.data_ptr<float>();
+  bool* in = inside.data_ptr<bool>();
+  const double low = low_of(bits), high = high_of(bits);
+  for_each_element(input.numel(), m.numel(), inner, [&](int64_t i, int64_t c) {
+    const int64_t code =
+        requantized_code(static_cast<int64_t>(ap[i]), mp[c], sp[c], zero_point, rounding, zero_point_before_rounding);
+    out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &in[i]));
+  });
+  return {codes, inside};
+}
+
+// Clipped straight-through gradients. masked_scale: grad * factor[channel] where inside, else
+// 0, in float64 (a requantization's real multiplier; accumulators are float64).
+torch::Tensor masked_scale(torch::Tensor grad, torch::Tensor factor, int64_t inner, torch::Tensor inside) {
+  const auto g = grad.to(torch::kFloat64).contiguous();
+  const auto f = factor.to(torch::kFloat64).contiguous();
+  const auto mask = inside.contiguous();
+  TORCH_CHECK(g.numel() == mask.numel(), "masked_scale: shapes do not match");
+  auto out = torch::empty_like(g);
+  const double* gp = g.data_ptr<double>();
+  const double* fp = f.data_ptr<double>();
+  const bool* mp = mask.data_ptr<bool>();
+  double* op = out.data_ptr<double>();
+  for_each_element(g.numel(), f.numel(), inner, [&](int64_t i, int64_t c) { op[i] = mp[i] ? gp[i] * fp[c] : 0.0; });
+  return out;
+}
+
+// masked_divide: grad / divisor[channel] where inside, else 0, in float32 (a quantization's scale).
+torch::Tensor masked_divide(torch::Tensor grad, torch::Tensor divisor, int64_t inner, torch::Tensor inside) {
+  const auto g = grad.to(torch::kFloat32).contiguous();
+  const auto d = divisor.to(torch::kFloat32).contiguous();
+  const auto mask = inside.contiguous();
+  TORCH_CHECK(g.numel() == mask.numel(), "masked_divide: shapes do not match");
+  auto out = torch::empty_like(g);
+  const float* gp = g.data_ptr<float>();
+  const float* dp = d.data_ptr<float>();
+  const bool* mp = mask.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  for_each_element(g.numel(), d.numel(), inner, [&](int64_t i, int64_t c) { op[i] = mp[i] ? gp[i] / dp[c] : 0.0f; });
+  return out;
+}
+
+// NnaAddTanh through its pair tables: a, b (float32, same shape, contiguous) are quantized
+// (ops.quantize with their scales and zero points) and the op's output code read from
+// `value` ((2**bits)**2, indexed by (a_q - low) * 2**bits + (b_q - low)), then dequantized
+// with `out_scale` (zero point 0). Returns [out float32, pair int32, inside uint8: bit 0 a's
+// quantization did not clamp, bit 1 b's].
+std::vector<torch::Tensor> pair_lookup(torch::Tensor a, torch::Tensor b, double a_scale, int64_t a_zero_point,
+                                       double b_scale, int64_t b_zero_point, int64_t bits, torch::Tensor value,
+                                       double out_scale) {
+  const auto ac = a.to(torch::kFloat32).contiguous(), bc = b.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(ac.sizes() == bc.sizes(), "pair_lookup: a and b must have the same shape");
+  const auto table = value.to(torch::kFloat32).contiguous();
+  const int64_t codes = int64_t(1) << bits;
+  TORCH_CHECK(table.numel() == codes * codes, "pair_lookup: the table must hold every pair of codes");
+  auto out = torch::empty_like(ac);
+  auto pair = torch::empty(ac.sizes(), torch::TensorOptions().dtype(torch::kInt32));
+  auto inside = torch::empty(ac.sizes(), torch::TensorOptions().dtype(torch::kUInt8));
+  const float* ap = ac.data_ptr<float>();
+  const float* bp = bc.data_ptr<float>();
+  const float* tp = table.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  int32_t* pp = pair.data_ptr<int32_t>();
+  uint8_t* ip = inside.data_ptr<uint8_t>();
+  const float sa = static_cast<float>(a_scale), sb = static_cast<float>(b_scale), so = static_cast<float>(out_scale);
+  const float low = low_of(bits), high = high_of(bits);
+  const float a_zp = static_cast<float>(a_zero_point), b_zp = static_cast<float>(b_zero_point);
+  at::parallel_for(0, ac.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      bool a_in, b_in;
+      const int64_t a_q = static_cast<int64_t>(quantize(ap[i], sa, a_zp, low, high, &a_in));
+      const int64_t b_q = static_cast<int64_t>(quantize(bp[i], sb, b_zp, low, high, &b_in));
+      const int64_t index = (a_q - static_cast<int64_t>(low)) * codes + (b_q - static_cast<int64_t>(low));
+      pp[i] = static_cast<int32_t>(index);
+      ip[i] = static_cast<uint8_t>(a_in | (b_in << 1));
+      op[i] = tp[index] * so;
+    }
+  });
+  return {out, pair, inside};
+}
+
+// Gradients of pair_lookup: grad * grad_table[pair] * factor where that input did not clamp,
+// for a (grad_a table, a_factor = out_scale / a_scale) and b. Returns [grad_a, grad_b] float32.
+std::vector<torch::Tensor> pair_lookup_backward(torch::Tensor grad, torch::Tensor pair, torch::Tensor inside,
+                                                torch::Tensor grad_a_table, torch::Tensor grad_b_table,
+                                                double a_factor, double b_factor) {
+  const auto g = grad.to(torch::kFloat32).contiguous();
+  const auto ga_table = grad_a_table.to(torch::kFloat32).contiguous(), gb_table = grad_b_table.to(torch::kFloat32).contiguous();
+  auto grad_a = torch::empty_like(g), grad_b = torch::empty_like(g);
+  const float* gp = g.data_ptr<float>();
+  const int32_t* pp = pair.data_ptr<int32_t>();
+  const uint8_t* ip = inside.data_ptr<uint8_t>();
+  const float* gat = ga_table.data_ptr<float>();
+  const float* gbt = gb_table.data_ptr<float>();
+  float* ga = grad_a.data_ptr<float>();
+  float* gb = grad_b.data_ptr<float>();
+  const float fa = static_cast<float>(a_factor), fb = static_cast<float>(b_factor);
+  at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      ga[i] = (ip[i] & 1) ? gp[i] * gat[pp[i]] * fa : 0.0f;
+      gb[i] = (ip[i] & 2) ? gp[i] * gbt[pp[i]] * fb : 0.0f;
+    }
+  });
+  return {grad_a, grad_b};
+}
+
+}  // namespace nnaqat

@@ -1,0 +1,94 @@
+// The NNA's fixed-point primitives on scalars, shared by the compiled kernels.
+//
+// Each function is the integer definition in nnaqat/nna/reference.py (NumPy, the ground truth)
+// and in nnaqat/nna/ops.py; the tests hold the kernels to the reference bit for bit. Compile
+// without FMA contraction (-ffp-contract=off): float products must round as written.
+
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace nnaqat {
+
+enum Rounding : int64_t { kSingle = 0, kDouble = 1, kTosa = 2, kFp32Rne = 3 };  // spec.ROUNDINGS order
+
+constexpr int64_t kInt32Min = -(int64_t(1) << 31);
+constexpr int64_t kInt32Max = (int64_t(1) << 31) - 1;
+
+inline double low_of(int64_t bits) { return -std::ldexp(1.0, static_cast<int>(bits - 1)); }
+inline double high_of(int64_t bits) { return std::ldexp(1.0, static_cast<int>(bits - 1)) - 1; }
+
+// floor(x / 2**s), s >= 0: an arithmetic right shift (two's complement, as GCC defines it).
+inline int64_t floor_shift(int64_t x, int64_t s) { return x >> s; }
+
+// gemmlowp's SaturatingRoundingDoublingHighMul on int32 values.
+inline int64_t srdhm(int64_t a, int64_t b) {
+  if (a == kInt32Min && b == kInt32Min) return kInt32Max;
+  return floor_shift(a * b + (int64_t(1) << 30), 31);
+}
+
+// M0 * 2**(shift - 31) as float32 (fp32_rne's multiplier).
+inline float float32_multiplier(int64_t m, int64_t s) {
+  return static_cast<float>(std::ldexp(static_cast<double>(m), static_cast<int>(s - 31)));
+}
+
+// reference.requantize: acc * M0 * 2**(shift - 31), rounded by the mode (shift <= 22).
+inline int64_t requantize(int64_t acc, int64_t m, int64_t s, int64_t rounding) {
+  switch (rounding) {
+    case kSingle: {
+      const int64_t total = 31 - s;
+      return floor_shift(acc * m + (int64_t(1) << (total - 1)), total);
+    }
+    case kDouble: {
+      const int64_t shifted = std::clamp(acc * (int64_t(1) << std::max<int64_t>(s, 0)), kInt32Min, kInt32Max);
+      const int64_t high = srdhm(shifted, m);
+      const int64_t right = std::max<int64_t>(-s, 0);
+      const int64_t magnitude = floor_shift((high < 0 ? -high : high) + ((int64_t(1) << right) >> 1), right);
+      return high < 0 ? -magnitude : magnitude;  // half away from zero
+    }
+    case kTosa: {
+      const int64_t total = 31 - s;
+      const int64_t correction = total > 31 ? (acc >= 0 ? (int64_t(1) << 30) : -(int64_t(1) << 30)) : 0;
+      return floor_shift(acc * m + (int64_t(1) << (total - 1)) + correction, total);
+    }
+    default:  // fp32_rne: float32 product, half to even
+      return static_cast<int64_t>(std::rint(static_cast<float>(acc) * float32_multiplier(m, s)));
+  }
+}
+
+// reference.requantize_output before saturation: the rounded value plus the zero point, which
+// fp32_rne may add to the float product before rounding instead.
+inline int64_t requantized_code(int64_t acc, int64_t m, int64_t s, int64_t zero_point, int64_t rounding,
+                                bool zero_point_before_rounding) {
+  if (zero_point_before_rounding) {
+    const float product = static_cast<float>(acc) * float32_multiplier(m, s);
+    return static_cast<int64_t>(std::rint(product + static_cast<float>(zero_point)));
+  }
+  return requantize(acc, m, s, rounding) + zero_point;
+}
+
+// ops.mul_rounded: a * b * scale (scale a power of two) in float64, rounded by the mode.
+inline double mul_rounded(double a, double b, double scale, int64_t rounding) {
+  const double scaled = a * b * scale;
+  if (rounding == kFp32Rne) return std::rint(scaled);
+  if (rounding == kDouble) return std::copysign(std::floor(std::fabs(scaled) + 0.5), scaled) + 0.0;
+  return std::floor(scaled + 0.5);
+}
+
+// ops.quantize: clamp(round_half_even(x / scale) + zero_point), all in float32 as ONNX
+// QuantizeLinear. Returns the code and sets `inside` (the clamp was inactive).
+inline float quantize(float x, float scale, float zero_point, float low, float high, bool* inside) {
+  const float unclamped = std::rint(x / scale) + zero_point;
+  *inside = unclamped >= low && unclamped <= high;
+  return std::min(std::max(unclamped, low), high);
+}
+
+// Clamp to [low, high], and whether the value was inside (the clipped STE's mask).
+inline double saturate(double value, double low, double high, bool* inside) {
+  *inside = value >= low && value <= high;
+  return std::min(std::max(value, low), high);
+}
+
+}  // namespace nnaqat
