@@ -115,12 +115,15 @@ def test_windowed_lstm_predictor_counts_runs_up_to_its_context_and_forgets_beyon
     out = model.predict(torch.tensor([[0, 9, 5, 5, 5, 5, 5]]))[0]
     # After one, two and three 5s the outputs differ: the predictor can count that far...
     assert (out[2] - out[3]).abs().max() > 1e-4 and (out[3] - out[4]).abs().max() > 1e-4
-    # ...and no further: the window (5, 5, 5) looks the same however long the run.
-    torch.testing.assert_close(out[4], out[5], atol=0, rtol=0)
-    torch.testing.assert_close(out[5], out[6], atol=0, rtol=0)
+    # ...and no further: the window (5, 5, 5) looks the same however long the run. The windows
+    # are rows of one batched LSTM call, and oneDNN may round a row differently by its position
+    # (seen on AVX2 machines: 3e-8): equal to float32 rounding, far below the 1e-4 of a count.
+    same = dict(atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[4], out[5], **same)
+    torch.testing.assert_close(out[5], out[6], **same)
     # Tokens older than the window do not matter.
     other = model.predict(torch.tensor([[0, 2, 7, 5, 5, 5]]))[0]
-    torch.testing.assert_close(other[5], out[4], atol=0, rtol=0)
+    torch.testing.assert_close(other[5], out[4], **same)
 
 
 @pytest.mark.parametrize("predictor", ["stateless", "lstm", "windowed_lstm"])

@@ -177,6 +177,41 @@ def test_accumulate_parity_with_overflow(overflow, case, acc_bits):
     assert_same_integers(emulated, expected)
 
 
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+@FUZZ
+@given(
+    linear_case(), st.sampled_from([12, 16, 20, 32]), st.sampled_from(ROUNDINGS), st.booleans(),
+    st.lists(st.tuples(st.integers(2**30, INT32_MAX), st.integers(-20, 0)), min_size=4, max_size=4),
+    st.integers(-128, 127), st.sampled_from([4, 8, 16]),
+)  # fmt: skip
+def test_linear_codes_is_accumulate_then_requantize_output(
+    overflow, case, acc_bits, rounding, before, fixed_points, zero_point, out_bits
+):
+    """The fused layer against its definition: the same integers (and the reference's) and the
+    same straight-through gradients for the input, the weight and the bias."""
+    x, w, bias, x_zero_point = case
+    order = "before_rounding" if before and rounding == "fp32_rne" else "after_rounding"
+    multiplier, shift = (torch.tensor([f[i] for f in fixed_points[: w.shape[0]]]) for i in (0, 1))
+    acc_ref = ref.accumulate(x, w, acc_bits, overflow, x_zero_point=x_zero_point, bias=bias)
+    expected = ref.requantize_output(acc_ref, multiplier.numpy(), shift.numpy(), zero_point, out_bits, rounding, order)
+    runs = []
+    for fused in (True, False):
+        tensors = [torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (x, w)]
+        b = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
+        if fused:
+            out = ops.linear_codes(*tensors, b, x_zero_point, acc_bits, overflow, multiplier, shift, zero_point,
+                                   out_bits, rounding, order)  # fmt: skip
+        else:
+            acc = ops.accumulate(*tensors, acc_bits, overflow, x_zero_point, b)
+            out = ops.requantize_output(acc, multiplier, shift, zero_point, out_bits, rounding, order)
+        (out * torch.linspace(-1, 2, out.numel()).reshape(out.shape)).sum().backward()
+        runs.append((out.detach(), [t.grad for t in tensors] + [b.grad]))
+    assert_same_integers(runs[0][0], expected)
+    assert torch.equal(runs[0][0], runs[1][0])
+    for fused_grad, composed_grad in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(fused_grad.double(), composed_grad.double(), rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("k", [1032, 1033, 1100, 4096])
 @pytest.mark.parametrize("zero_point", [0, 127])
 def test_exact_linear_beyond_float32_integers(k, zero_point):

@@ -70,6 +70,17 @@ def fixed_point_multipliers(reals: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     return torch.from_numpy(multiplier), torch.from_numpy(shift)
 
 
+@torch.no_grad()
+def observe_products(observer: RangeObserver, acc: torch.Tensor, scale: torch.Tensor) -> None:
+    """``observer.observe(acc * scale)`` for ``acc (..., N)`` and a positive ``scale`` (one, or
+    ``(N,)``), without forming the product: rounding is monotonic, so the extremes of the
+    product are the scaled extremes of each channel."""
+    if not observer.observing:
+        return
+    low, high = acc.detach().reshape(-1, acc.size(-1)).aminmax(dim=0)
+    observer.observe(torch.cat([low * scale, high * scale]))
+
+
 class RangeObserver(nn.Module):
     """Exponential moving average of a tensor's [min, max] (always containing 0), updated in
     training mode until frozen, and the asymmetric ``bits``-bit scale and zero point it gives."""
@@ -82,9 +93,14 @@ class RangeObserver(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("frozen", torch.tensor(False))
 
+    @property
+    def observing(self) -> bool:
+        """Whether :meth:`observe` updates the range (training mode, not frozen)."""
+        return self.training and not bool(self.frozen)
+
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        if self.frozen or not self.training:
+        if not self.observing:
             return
         batch = torch.stack([x.min().clamp_max(0), x.max().clamp_min(0)]).float()
         if self.calibrated:
@@ -165,18 +181,23 @@ class NnaLinear(nn.Module):
         return fixed_point_multipliers(x_scale.double() * w_scale.double() / y_scale.double())
 
     def forward_integers(self, x_q: torch.Tensor) -> torch.Tensor:
-        """The NNA's integers: ``x_q (..., K)`` input codes -> ``(..., N)`` output codes
-        (integer-valued float32), observing the output range in training."""
-        spec = self.spec
+        """The NNA's integers: ``x_q (..., K)`` input codes (activation bits) -> ``(..., N)``
+        output codes (integer-valued float32), observing the output range in training."""
+        spec, acc = self.spec, self.spec.accumulator
+        rounding, order = spec.requantization.rounding, spec.requantization.zero_point
         x_scale, x_zero_point = self.input_observer.scale_and_zero_point()
         w_q, b_q, w_scale = self._integer_weight_and_bias(x_scale)
-        acc = ops.accumulate(x_q, w_q, spec.accumulator.bits, spec.accumulator.overflow, x_zero_point, b_q)
-        self.output_observer.observe(acc.detach() * (x_scale.double() * w_scale.double()))
+        x_max_abs = 2.0 ** (spec.activations.bits - 1)  # activation codes
+        if self.output_observer.observing:  # the accumulator's range first, then its requantization
+            total = ops.accumulate(x_q, w_q, acc.bits, acc.overflow, x_zero_point, b_q, x_max_abs)
+            observe_products(self.output_observer, total, x_scale.double() * w_scale.double())
         y_scale, y_zero_point = self.output_observer.scale_and_zero_point()
         multiplier, shift = self._requantization(x_scale, w_scale, y_scale)
-        return ops.requantize_output(
-            acc, multiplier, shift, y_zero_point, spec.activations.bits,
-            spec.requantization.rounding, spec.requantization.zero_point,
+        if self.output_observer.observing:
+            return ops.requantize_output(total, multiplier, shift, y_zero_point, spec.activations.bits, rounding, order)
+        return ops.linear_codes(
+            x_q, w_q, b_q, x_zero_point, acc.bits, acc.overflow, multiplier, shift, y_zero_point,
+            spec.activations.bits, rounding, order, x_max_abs,
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

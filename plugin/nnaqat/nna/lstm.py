@@ -214,7 +214,7 @@ class NnaLstm(nn.Module):
     def forward_integers(
         self, x_q: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """The NNA's integers: ``x_q (N, T, K)`` input codes and state codes ``(h, c)``, each
+        """The NNA's integers: ``x_q (N, T, K)`` input codes (activation bits) and state codes ``(h, c)``, each
         ``(N, H)`` -> ``(y (N, T, H), (h_T, c_T))`` codes, integer-valued float32, with
         straight-through gradients (:class:`_Recurrence`). Observes the hidden and cell ranges
         in training (used from the next call on)."""
@@ -222,9 +222,10 @@ class NnaLstm(nn.Module):
         rounding, order = spec.requantization.rounding, spec.requantization.zero_point
         k = self._integers()
         # The input contributions of all steps at once: they do not depend on the state.
-        from_input = ops.requantize_output(
-            ops.accumulate(x_q, k.w_x, acc.bits, acc.overflow, k.x_zero_point, k.bias),
-            k.m_x, k.shift_x, 0, spec.lstm.gate.bits, rounding, order,
+        x_max_abs = 2.0 ** (spec.activations.bits - 1)  # activation codes
+        from_input = ops.linear_codes(
+            x_q, k.w_x, k.bias, k.x_zero_point, acc.bits, acc.overflow, k.m_x, k.shift_x, 0, spec.lstm.gate.bits,
+            rounding, order, x_max_abs,
         )  # fmt: skip
         h, c = state
         if ops.needs_grad(from_input, k.w_h, h, c):

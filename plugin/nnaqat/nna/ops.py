@@ -124,28 +124,78 @@ def fake_quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int,
     return dequantize(quantize(x, scale, zero_point, bits), scale, zero_point)
 
 
-def exact_linear(x: torch.Tensor, weight: torch.Tensor, weight_max_abs: Optional[float] = None) -> torch.Tensor:
-    """``x (..., K) @ weight (N, K).T`` for integer-valued tensors, exact, float64 ``(..., N)``.
+def exact_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_max_abs: Optional[float] = None, x_max_abs: Optional[float] = None
+) -> torch.Tensor:
+    """``x (..., K) @ weight (N, K).T`` for integer-valued tensors, exact, ``(..., N)``: float32
+    when that is exact, else float64.
 
     float32 sums are exact only up to 2**24, which an int8 dot product passes once
-    ``K * max|x| * max|w| > 2**24`` (K > 1032 at full range). The K axis is therefore cut into
+    ``K * max|x| * max|w| > 2**24`` (K > 1032 at full range). The K axis is then cut into
     chunks whose partial sums stay below 2**24, each multiplied in float32 (fast, exact) and
-    summed in float64 (exact up to 2**53). ``weight_max_abs``: ``max|weight|`` if known (a
-    recurrent layer reuses its weight every step).
+    summed in float64 (exact up to 2**53). ``weight_max_abs``, ``x_max_abs``: bounds of
+    ``|weight|`` and ``|x|`` if known (a recurrent layer reuses its weight; codes of ``b`` bits
+    are at most ``2**(b-1)``), else measured.
     """
     x32, w32 = x.float(), weight.float()
     if weight_max_abs is None:
         weight_max_abs = float(w32.detach().abs().amax())
-    largest_term = float(x32.detach().abs().amax()) * weight_max_abs if x.numel() else 0.0
+    if x_max_abs is None:
+        x_max_abs = float(x32.detach().abs().amax()) if x.numel() else 0.0
+    largest_term = x_max_abs * weight_max_abs
     k = x.size(-1)
     chunk = k if largest_term == 0 else max(1, min(k, int(FLOAT32_EXACT // largest_term)))
     total = x32[..., :chunk] @ w32[:, :chunk].T
     if chunk == k:
-        return total.double()
+        return total
     total = total.double()
     for start in range(chunk, k, chunk):
         total = total + (x32[..., start : start + chunk] @ w32[:, start : start + chunk].T).double()
     return total
+
+
+@torch.no_grad()
+def _product_and_offset(x, weight, x_zero_point, bias, x_max_abs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The exact matmul of the raw codes and what the accumulator adds per output:
+    ``bias - x_zero_point * sum(weight)`` (float64, exact)."""
+    offset = -float(x_zero_point) * weight.double().sum(1)
+    if bias is not None:
+        offset = offset + bias.double()
+    return exact_linear(x, weight, x_max_abs=x_max_abs), offset
+
+
+def _matmul_grads(ctx, grad32: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of ``x``, ``weight`` and ``bias`` (``ctx.needs_input_grad[:3]``) of an integer
+    linear layer from the accumulator's float32 gradient ``(..., N)``."""
+    x, weight = ctx.saved_tensors[:2]
+    grad_x = grad32 @ weight.float() if ctx.needs_input_grad[0] else None
+    grad_w = None
+    if ctx.needs_input_grad[1]:
+        rows = grad32.reshape(-1, grad32.size(-1))
+        grad_w = rows.T @ (x.float() - ctx.x_zero_point).reshape(rows.size(0), -1)
+    grad_bias = None
+    if ctx.needs_input_grad[2]:
+        grad_bias = grad32.reshape(-1, grad32.size(-1)).sum(0, dtype=torch.float64)
+    return grad_x, grad_w, grad_bias
+
+
+class _Accumulate(torch.autograd.Function):
+    """:func:`accumulate`: the exact matmul, then one compiled pass that adds the offset and
+    saturates (or wraps); the gradients of the matmul and of the clipped STE."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, x_zero_point, acc_bits, saturate, x_max_abs):  # type: ignore[override]
+        acc, inside = _kernels.accumulate_epilogue(
+            *_product_and_offset(x, weight, x_zero_point, bias, x_max_abs), acc_bits, saturate
+        )
+        ctx.save_for_backward(x, weight, inside)
+        ctx.x_zero_point = x_zero_point
+        return acc
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        inside = ctx.saved_tensors[2]  # all True when wrapping
+        return *_matmul_grads(ctx, grad.masked_fill(~inside, 0.0).float()), None, None, None, None
 
 
 def accumulate(
@@ -155,22 +205,84 @@ def accumulate(
     overflow: str,
     x_zero_point: int = 0,
     bias: Optional[torch.Tensor] = None,
+    x_max_abs: Optional[float] = None,
 ) -> torch.Tensor:
     """Integer linear layer into an ``acc_bits`` accumulator (``reference.accumulate``).
 
     ``x (..., K)``, ``weight (N, K)``, ``bias (N,)`` in accumulator units: integer-valued
-    float tensors. Returns float64 ``(..., N)``. Saturation has the clipped STE gradient,
-    wrapping the identity; the matmul has its ordinary gradient.
+    float tensors; ``x_max_abs`` a bound of ``|x|`` if known (:func:`exact_linear`). Returns
+    float64 ``(..., N)``. Saturation has the clipped STE gradient, wrapping the identity; the
+    matmul has its ordinary gradient.
     """
     if overflow not in OVERFLOWS:
         raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
-    total = exact_linear(x - x_zero_point, weight)
-    if bias is not None:
-        total = total + bias.double()
-    if overflow == "saturate":
-        return total.clamp(*int_range(acc_bits))
-    wrapped = wrap(total.detach(), acc_bits)
-    return straight_through(wrapped, total) if needs_grad(total) else wrapped
+    args = (bias, int(x_zero_point), acc_bits, overflow == "saturate", x_max_abs)
+    if needs_grad(x, weight, bias):
+        return _Accumulate.apply(x, weight, *args)
+    product, offset = _product_and_offset(x, weight, int(x_zero_point), bias, x_max_abs)
+    return _kernels.accumulate_epilogue(product, offset, acc_bits, overflow == "saturate")[0]
+
+
+class _LinearCodes(torch.autograd.Function):
+    """:func:`linear_codes`: the exact matmul, then one compiled pass from the product to the
+    output codes; gradients the real multiplier where neither clamp was active, then the matmul's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, x_zero_point, x_max_abs, acc_args, out_args):  # type: ignore[override]
+        product, offset = _product_and_offset(x, weight, x_zero_point, bias, x_max_abs)
+        codes, inside = _kernels.linear_codes(product, offset, *acc_args, *out_args)
+        multiplier, shift = out_args[:2]
+        ctx.save_for_backward(x, weight, inside, real_multiplier(multiplier, shift))
+        ctx.x_zero_point = x_zero_point
+        return codes
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        inside, reals = ctx.saved_tensors[2:]
+        return *_matmul_grads(ctx, _kernels.linear_codes_backward(grad, inside, reals)), None, None, None, None
+
+
+def linear_codes(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    x_zero_point: int,
+    acc_bits: int,
+    overflow: str,
+    multiplier: IntTensor,
+    shift: IntTensor,
+    zero_point: int,
+    out_bits: int,
+    rounding: str,
+    zero_point_order: str = "after_rounding",
+    x_max_abs: Optional[float] = None,
+) -> torch.Tensor:
+    """An integer linear layer from input codes to output codes: ``requantize_output(accumulate(x,
+    weight, acc_bits, overflow, x_zero_point, bias), multiplier, shift, zero_point, out_bits,
+    rounding, zero_point_order)`` with the same integers and gradients, in one pass over the
+    output instead of a float64 accumulator in between.
+
+    ``x (..., K)``, ``weight (N, K)``, ``bias (N,)``; ``multiplier``, ``shift`` one or ``(N,)``.
+    Returns float32 ``(..., N)``.
+    """
+    if overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+    _check_rounding(rounding)
+    if out_bits > 24:
+        raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
+    if zero_point_order not in ("after_rounding", "before_rounding") or (
+        zero_point_order == "before_rounding" and rounding != "fp32_rne"
+    ):
+        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+    outputs = weight.size(0)
+    multiplier = torch.broadcast_to(_long(multiplier), (outputs,))
+    shift = torch.broadcast_to(_long(shift), (outputs,))
+    acc_args = (acc_bits, overflow == "saturate")
+    out_args = (multiplier, shift, int(zero_point), out_bits, ROUNDINGS.index(rounding), zero_point_order == "before_rounding")
+    if needs_grad(x, weight, bias):
+        return _LinearCodes.apply(x, weight, bias, int(x_zero_point), x_max_abs, acc_args, out_args)
+    product, offset = _product_and_offset(x, weight, int(x_zero_point), bias, x_max_abs)
+    return _kernels.linear_codes(product, offset, *acc_args, *out_args)[0]
 
 
 def wrap(total: torch.Tensor, bits: int) -> torch.Tensor:
@@ -301,6 +413,37 @@ def requantize_output(
     return _kernels.requantize_codes(acc.detach(), multipliers, shifts, *args)[0]
 
 
+def _add_codes(a, b, a_zero_point, b_zero_point, params: AddParams, out_zero_point, out_bits, rounding):
+    """:func:`add` in one compiled pass: ``(codes float32, inside bool)``."""
+    multipliers = [int(v) for fixed_point in (params.a, params.b, params.out) for v in fixed_point]
+    return _kernels.add_codes(
+        a, b, a_zero_point, b_zero_point, params.left_shift, multipliers, out_zero_point, out_bits,
+        ROUNDINGS.index(rounding),
+    )  # fmt: skip
+
+
+class _Add(torch.autograd.Function):
+    """:func:`add`'s gradients: ``2**left_shift * r_a * r_out`` (and ``r_b``) where the output
+    clamp is inactive."""
+
+    @staticmethod
+    def forward(ctx, a, b, a_zero_point, b_zero_point, params, out_zero_point, out_bits, rounding):  # type: ignore[override]
+        codes, inside = _add_codes(a, b, a_zero_point, b_zero_point, params, out_zero_point, out_bits, rounding)
+        ctx.save_for_backward(inside)
+        through = 2.0**params.left_shift * float(real_multiplier(*params.out))
+        ctx.factors = [through * float(real_multiplier(*fixed_point)) for fixed_point in (params.a, params.b)]
+        return codes
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        grad_a, grad_b = (
+            _kernels.masked_scale(grad, torch.tensor([factor], dtype=torch.float64), 1, inside).float()
+            for factor in ctx.factors
+        )
+        return grad_a, grad_b, None, None, None, None, None, None
+
+
 def add(
     a: torch.Tensor,
     a_zero_point: int,
@@ -311,11 +454,15 @@ def add(
     out_bits: int,
     rounding: str,
 ) -> torch.Tensor:
-    """``reference.add``: saturating add with rescale (TFLite's ADD). float32, broadcast shape."""
-    headroom = 2.0**params.left_shift
-    a_scaled = requantize((a.double() - a_zero_point) * headroom, *params.a, rounding)
-    b_scaled = requantize((b.double() - b_zero_point) * headroom, *params.b, rounding)
-    return requantize_output(a_scaled + b_scaled, *params.out, out_zero_point, out_bits, rounding)
+    """``reference.add``: saturating add with rescale (TFLite's ADD). float32, broadcast shape.
+    Gradients: each input's real multiplier (through the headroom shift and the output's)
+    where the output is not saturated."""
+    _check_rounding(rounding)
+    a, b = torch.broadcast_tensors(a, b)
+    args = (int(a_zero_point), int(b_zero_point), params, int(out_zero_point), out_bits, rounding)
+    if needs_grad(a, b):
+        return _Add.apply(a, b, *args)
+    return _add_codes(a.detach(), b.detach(), *args)[0]
 
 
 def mul_rounded(a: torch.Tensor, b: torch.Tensor, shift: int, rounding: str) -> torch.Tensor:
@@ -420,6 +567,7 @@ __all__ = [
     "expanded_table",
     "fake_quantize",
     "lut_derivative",
+    "linear_codes",
     "lut_lookup",
     "mul",
     "mul_rounded",

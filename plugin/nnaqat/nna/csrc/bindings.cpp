@@ -14,6 +14,12 @@ std::vector<torch::Tensor> lstm_backward(torch::Tensor, torch::Tensor, torch::Te
 std::vector<torch::Tensor> quantize_codes(torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t);
 std::vector<torch::Tensor> requantize_codes(torch::Tensor, torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t,
                                             int64_t, bool);
+std::vector<torch::Tensor> add_codes(torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t, std::vector<int64_t>,
+                                     int64_t, int64_t, int64_t);
+std::vector<torch::Tensor> accumulate_epilogue(torch::Tensor, torch::Tensor, int64_t, bool);
+std::vector<torch::Tensor> linear_codes(torch::Tensor, torch::Tensor, int64_t, bool, torch::Tensor, torch::Tensor,
+                                        int64_t, int64_t, int64_t, bool);
+torch::Tensor linear_codes_backward(torch::Tensor, torch::Tensor, torch::Tensor);
 torch::Tensor masked_scale(torch::Tensor, torch::Tensor, int64_t, torch::Tensor);
 torch::Tensor masked_divide(torch::Tensor, torch::Tensor, int64_t, torch::Tensor);
 std::vector<torch::Tensor> pair_lookup(torch::Tensor, torch::Tensor, double, int64_t, double, int64_t, int64_t,
@@ -29,6 +35,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &nnaqat::lstm_backward, "straight-through backward pass of lstm_forward");
   m.def("quantize_codes", &nnaqat::quantize_codes, "ops.quantize's codes and clamp mask");
   m.def("requantize_codes", &nnaqat::requantize_codes, "ops.requantize_output's codes and clamp mask");
+  m.def("add_codes", &nnaqat::add_codes, "ops.add's codes and clamp mask");
+  m.def("accumulate_epilogue", &nnaqat::accumulate_epilogue, "ops.accumulate after its matmul");
+  m.def("linear_codes", &nnaqat::linear_codes, "ops.linear_codes after its matmul");
+  m.def("linear_codes_backward", &nnaqat::linear_codes_backward, "gradient of linear_codes' epilogue");
   m.def("masked_scale", &nnaqat::masked_scale, "grad * factor[channel] where inside, float64");
   m.def("masked_divide", &nnaqat::masked_divide, "grad / divisor[channel] where inside, float32");
   m.def("pair_lookup", &nnaqat::pair_lookup, "NnaAddTanh through its pair table");

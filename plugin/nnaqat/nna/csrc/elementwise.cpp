@@ -91,19 +91,161 @@ std::vector<torch::Tensor> requantize_codes(torch::Tensor acc, torch::Tensor mul
   return {codes, inside};
 }
 
+// ops.add (TFLite's ADD): a, b (float32 codes, same shape) minus their zero points, shifted
+// left by `left_shift`, each requantized by its multiplier, summed, requantized to the output
+// (zero point after rounding) and saturated -> [codes float32, inside bool].
+// multipliers = [m_a, shift_a, m_b, shift_b, m_out, shift_out].
+std::vector<torch::Tensor> add_codes(torch::Tensor a, torch::Tensor b, int64_t a_zero_point, int64_t b_zero_point,
+                                     int64_t left_shift, std::vector<int64_t> multipliers, int64_t out_zero_point,
+                                     int64_t out_bits, int64_t rounding) {
+  TORCH_CHECK(multipliers.size() == 6, "add_codes: expected three multipliers and shifts");
+  TORCH_CHECK(rounding >= 0 && rounding <= 3, "add_codes: unknown rounding ", rounding);
+  const auto ac = a.to(torch::kFloat32).contiguous(), bc = b.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(ac.sizes() == bc.sizes(), "add_codes: a and b must have the same shape");
+  auto codes = torch::empty_like(ac);
+  auto inside = torch::empty(ac.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  const float* ap = ac.data_ptr<float>();
+  const float* bp = bc.data_ptr<float>();
+  float* out = codes.data_ptr<float>();
+  bool* in = inside.data_ptr<bool>();
+  const int64_t headroom = int64_t(1) << left_shift;
+  const auto& k = multipliers;
+  const double low = low_of(out_bits), high = high_of(out_bits);
+  for_each_element(ac.numel(), 1, 1, [&](int64_t i, int64_t) {
+    const int64_t a_scaled = requantize((static_cast<int64_t>(ap[i]) - a_zero_point) * headroom, k[0], k[1], rounding);
+    const int64_t b_scaled = requantize((static_cast<int64_t>(bp[i]) - b_zero_point) * headroom, k[2], k[3], rounding);
+    const int64_t code = requantize(a_scaled + b_scaled, k[4], k[5], rounding) + out_zero_point;
+    out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &in[i]));
+  });
+  return {codes, inside};
+}
+
+// ops.accumulate after its matmul: product (..., N) (float32 or float64, exact integers) plus
+// offset (N,) float64 (bias - x_zero_point * sum of the row's weights), saturated or wrapped to
+// `bits` -> [acc float64, inside bool (saturation did not clip; all true when wrapping)].
+std::vector<torch::Tensor> accumulate_epilogue(torch::Tensor product, torch::Tensor offset, int64_t bits,
+                                               bool saturate_overflow) {
+  const auto off = offset.to(torch::kFloat64).contiguous();
+  const int64_t outputs = off.numel();
+  TORCH_CHECK(product.dim() >= 1 && product.size(-1) == outputs, "accumulate_epilogue: ", outputs,
+              " offsets for outputs of shape ", product.sizes());
+  auto acc = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kFloat64));
+  auto inside = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  const double* op = off.data_ptr<double>();
+  double* ap = acc.data_ptr<double>();
+  bool* in = inside.data_ptr<bool>();
+  const double low = low_of(bits), high = high_of(bits), span = std::ldexp(1.0, static_cast<int>(bits));
+  auto epilogue = [&](auto* pp) {
+    for_each_element(acc.numel(), outputs, 1, [&](int64_t i, int64_t c) {
+      const double total = static_cast<double>(pp[i]) + op[c];
+      if (saturate_overflow) {
+        ap[i] = saturate(total, low, high, &in[i]);
+      } else {
+        const double wrapped = std::fmod(total - low, span);
+        ap[i] = (wrapped < 0 ? wrapped + span : wrapped) + low;
+        in[i] = true;
+      }
+    });
+  };
+  if (product.scalar_type() == torch::kFloat32) {
+    const auto p = product.contiguous();
+    epilogue(p.data_ptr<float>());
+  } else {
+    const auto p = product.to(torch::kFloat64).contiguous();
+    epilogue(p.data_ptr<double>());
+  }
+  return {acc, inside};
+}
+
+// ops.linear_codes after its matmul: accumulate_epilogue and requantize_codes in one pass.
+// product (..., N), offset (N,) as accumulate_epilogue; multiplier, shift (N,) int64 per output
+// -> [codes float32, inside uint8: bit 0 the accumulator did not saturate (always set when
+// wrapping), bit 1 the output clamp was inactive].
+std::vector<torch::Tensor> linear_codes(torch::Tensor product, torch::Tensor offset, int64_t acc_bits,
+                                        bool saturate_overflow, torch::Tensor multiplier, torch::Tensor shift,
+                                        int64_t zero_point, int64_t out_bits, int64_t rounding,
+                                        bool zero_point_before_rounding) {
+  TORCH_CHECK(rounding >= 0 && rounding <= 3, "linear_codes: unknown rounding ", rounding);
+  const auto off = offset.to(torch::kFloat64).contiguous();
+  const auto m = multiplier.to(torch::kInt64).contiguous(), s = shift.to(torch::kInt64).contiguous();
+  const int64_t outputs = off.numel();
+  TORCH_CHECK(product.dim() >= 1 && product.size(-1) == outputs && m.numel() == outputs && s.numel() == outputs,
+              "linear_codes: ", outputs, " offsets, ", m.numel(), " multipliers for outputs of shape ", product.sizes());
+  auto codes = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kFloat32));
+  auto inside = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kUInt8));
+  const double* op = off.data_ptr<double>();
+  const int64_t* mp = m.data_ptr<int64_t>();
+  const int64_t* sp = s.data_ptr<int64_t>();
+  float* out = codes.data_ptr<float>();
+  uint8_t* in = inside.data_ptr<uint8_t>();
+  const double acc_low = low_of(acc_bits), acc_high = high_of(acc_bits);
+  const double span = std::ldexp(1.0, static_cast<int>(acc_bits));
+  const double low = low_of(out_bits), high = high_of(out_bits);
+  auto epilogue = [&](const auto* pp) {
+    for_each_element(codes.numel(), outputs, 1, [&](int64_t i, int64_t c) {
+      double acc = static_cast<double>(pp[i]) + op[c];
+      bool acc_in = true, out_in;
+      if (saturate_overflow) {
+        acc = saturate(acc, acc_low, acc_high, &acc_in);
+      } else {
+        acc = std::fmod(acc - acc_low, span);
+        acc = (acc < 0 ? acc + span : acc) + acc_low;
+      }
+      const int64_t code =
+          requantized_code(static_cast<int64_t>(acc), mp[c], sp[c], zero_point, rounding, zero_point_before_rounding);
+      out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &out_in));
+      in[i] = static_cast<uint8_t>(acc_in | (out_in << 1));
+    });
+  };
+  if (product.scalar_type() == torch::kFloat32) {
+    const auto p = product.contiguous();
+    epilogue(p.data_ptr<float>());
+  } else {
+    const auto p = product.to(torch::kFloat64).contiguous();
+    epilogue(p.data_ptr<double>());
+  }
+  return {codes, inside};
+}
+
+// Gradient of linear_codes' epilogue: grad * real[c] where neither clamp was active, float32.
+torch::Tensor linear_codes_backward(torch::Tensor grad, torch::Tensor inside, torch::Tensor real) {
+  const auto g = grad.to(torch::kFloat32).contiguous();
+  const auto r = real.to(torch::kFloat64).contiguous();
+  const auto mask = inside.contiguous();
+  TORCH_CHECK(g.numel() == mask.numel() && g.size(-1) == r.numel(), "linear_codes_backward: shapes do not match");
+  auto out = torch::empty_like(g);
+  const float* gp = g.data_ptr<float>();
+  const double* rp = r.data_ptr<double>();
+  const uint8_t* mp = mask.data_ptr<uint8_t>();
+  float* op = out.data_ptr<float>();
+  for_each_element(g.numel(), r.numel(), 1, [&](int64_t i, int64_t c) {
+    op[i] = mp[i] == 3 ? static_cast<float>(static_cast<double>(gp[i]) * rp[c]) : 0.0f;
+  });
+  return out;
+}
+
 // Clipped straight-through gradients. masked_scale: grad * factor[channel] where inside, else
 // 0, in float64 (a requantization's real multiplier; accumulators are float64).
 torch::Tensor masked_scale(torch::Tensor grad, torch::Tensor factor, int64_t inner, torch::Tensor inside) {
-  const auto g = grad.to(torch::kFloat64).contiguous();
   const auto f = factor.to(torch::kFloat64).contiguous();
   const auto mask = inside.contiguous();
-  TORCH_CHECK(g.numel() == mask.numel(), "masked_scale: shapes do not match");
-  auto out = torch::empty_like(g);
-  const double* gp = g.data_ptr<double>();
+  TORCH_CHECK(grad.numel() == mask.numel(), "masked_scale: shapes do not match");
+  auto out = torch::empty(grad.sizes(), torch::TensorOptions().dtype(torch::kFloat64));
   const double* fp = f.data_ptr<double>();
   const bool* mp = mask.data_ptr<bool>();
   double* op = out.data_ptr<double>();
-  for_each_element(g.numel(), f.numel(), inner, [&](int64_t i, int64_t c) { op[i] = mp[i] ? gp[i] * fp[c] : 0.0; });
+  auto scale = [&](const auto* gp) {
+    for_each_element(out.numel(), f.numel(), inner, [&](int64_t i, int64_t c) {
+      op[i] = mp[i] ? static_cast<double>(gp[i]) * fp[c] : 0.0;
+    });
+  };
+  if (grad.scalar_type() == torch::kFloat32) {
+    const auto g = grad.contiguous();
+    scale(g.data_ptr<float>());
+  } else {
+    const auto g = grad.to(torch::kFloat64).contiguous();
+    scale(g.data_ptr<double>());
+  }
   return out;
 }
 
