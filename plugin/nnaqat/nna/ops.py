@@ -62,6 +62,16 @@ def _check_rounding(rounding: str) -> None:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
 
 
+def _check_output_requantization(out_bits: int, rounding: str, zero_point_order: str) -> None:
+    _check_rounding(rounding)
+    if out_bits > 24:
+        raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
+    if zero_point_order not in ("after_rounding", "before_rounding") or (
+        zero_point_order == "before_rounding" and rounding != "fp32_rne"
+    ):
+        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+
+
 def real_multiplier(multiplier: IntTensor, shift: IntTensor) -> torch.Tensor:
     """``M0 * 2**(shift - 31)`` in float64 (exact)."""
     return torch.ldexp(_long(multiplier).double(), _long(shift) - 31)
@@ -267,13 +277,7 @@ def linear_codes(
     """
     if overflow not in OVERFLOWS:
         raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
-    _check_rounding(rounding)
-    if out_bits > 24:
-        raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
-    if zero_point_order not in ("after_rounding", "before_rounding") or (
-        zero_point_order == "before_rounding" and rounding != "fp32_rne"
-    ):
-        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+    _check_output_requantization(out_bits, rounding, zero_point_order)
     outputs = weight.size(0)
     multiplier = torch.broadcast_to(_long(multiplier), (outputs,))
     shift = torch.broadcast_to(_long(shift), (outputs,))
@@ -394,13 +398,7 @@ def requantize_output(
     against it; one zero point. Returns float32, the broadcast shape. Gradient: the real
     multiplier where the clamp is inactive, else 0.
     """
-    _check_rounding(rounding)
-    if out_bits > 24:
-        raise ValueError(f"out_bits must be <= 24 for exact float32 outputs, got {out_bits}")
-    if zero_point_order not in ("after_rounding", "before_rounding") or (
-        zero_point_order == "before_rounding" and rounding != "fp32_rne"
-    ):
-        raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
+    _check_output_requantization(out_bits, rounding, zero_point_order)
     multiplier, shift = torch.broadcast_tensors(_long(multiplier), _long(shift))
     shape = torch.broadcast_shapes(acc.shape, multiplier.shape)
     if acc.shape != shape:

@@ -46,6 +46,18 @@ void for_each_element(int64_t numel, int64_t channels, int64_t inner, const F& f
   });
 }
 
+// Calls f(pointer) with the data of a tensor: float32 as it is, anything else as float64.
+template <typename F>
+void with_float_data(const torch::Tensor& tensor, const F& f) {
+  if (tensor.scalar_type() == torch::kFloat32) {
+    const auto p = tensor.contiguous();
+    f(p.data_ptr<float>());
+  } else {
+    const auto p = tensor.to(torch::kFloat64).contiguous();
+    f(p.data_ptr<double>());
+  }
+}
+
 }  // namespace
 
 // ops.quantize: x (float32, contiguous), scale (C,) float32 -> [codes float32, inside bool].
@@ -135,25 +147,11 @@ std::vector<torch::Tensor> accumulate_epilogue(torch::Tensor product, torch::Ten
   double* ap = acc.data_ptr<double>();
   bool* in = inside.data_ptr<bool>();
   const double low = low_of(bits), high = high_of(bits), span = std::ldexp(1.0, static_cast<int>(bits));
-  auto epilogue = [&](auto* pp) {
+  with_float_data(product, [&](const auto* pp) {
     for_each_element(acc.numel(), outputs, 1, [&](int64_t i, int64_t c) {
-      const double total = static_cast<double>(pp[i]) + op[c];
-      if (saturate_overflow) {
-        ap[i] = saturate(total, low, high, &in[i]);
-      } else {
-        const double wrapped = std::fmod(total - low, span);
-        ap[i] = (wrapped < 0 ? wrapped + span : wrapped) + low;
-        in[i] = true;
-      }
+      ap[i] = overflow(static_cast<double>(pp[i]) + op[c], low, high, span, saturate_overflow, &in[i]);
     });
-  };
-  if (product.scalar_type() == torch::kFloat32) {
-    const auto p = product.contiguous();
-    epilogue(p.data_ptr<float>());
-  } else {
-    const auto p = product.to(torch::kFloat64).contiguous();
-    epilogue(p.data_ptr<double>());
-  }
+  });
   return {acc, inside};
 }
 
@@ -181,29 +179,17 @@ std::vector<torch::Tensor> linear_codes(torch::Tensor product, torch::Tensor off
   const double acc_low = low_of(acc_bits), acc_high = high_of(acc_bits);
   const double span = std::ldexp(1.0, static_cast<int>(acc_bits));
   const double low = low_of(out_bits), high = high_of(out_bits);
-  auto epilogue = [&](const auto* pp) {
+  with_float_data(product, [&](const auto* pp) {
     for_each_element(codes.numel(), outputs, 1, [&](int64_t i, int64_t c) {
-      double acc = static_cast<double>(pp[i]) + op[c];
-      bool acc_in = true, out_in;
-      if (saturate_overflow) {
-        acc = saturate(acc, acc_low, acc_high, &acc_in);
-      } else {
-        acc = std::fmod(acc - acc_low, span);
-        acc = (acc < 0 ? acc + span : acc) + acc_low;
-      }
+      bool acc_in, out_in;
+      const double acc =
+          overflow(static_cast<double>(pp[i]) + op[c], acc_low, acc_high, span, saturate_overflow, &acc_in);
       const int64_t code =
           requantized_code(static_cast<int64_t>(acc), mp[c], sp[c], zero_point, rounding, zero_point_before_rounding);
       out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &out_in));
       in[i] = static_cast<uint8_t>(acc_in | (out_in << 1));
     });
-  };
-  if (product.scalar_type() == torch::kFloat32) {
-    const auto p = product.contiguous();
-    epilogue(p.data_ptr<float>());
-  } else {
-    const auto p = product.to(torch::kFloat64).contiguous();
-    epilogue(p.data_ptr<double>());
-  }
+  });
   return {codes, inside};
 }
 
@@ -234,18 +220,11 @@ torch::Tensor masked_scale(torch::Tensor grad, torch::Tensor factor, int64_t inn
   const double* fp = f.data_ptr<double>();
   const bool* mp = mask.data_ptr<bool>();
   double* op = out.data_ptr<double>();
-  auto scale = [&](const auto* gp) {
+  with_float_data(grad, [&](const auto* gp) {
     for_each_element(out.numel(), f.numel(), inner, [&](int64_t i, int64_t c) {
       op[i] = mp[i] ? static_cast<double>(gp[i]) * fp[c] : 0.0;
     });
-  };
-  if (grad.scalar_type() == torch::kFloat32) {
-    const auto g = grad.contiguous();
-    scale(g.data_ptr<float>());
-  } else {
-    const auto g = grad.to(torch::kFloat64).contiguous();
-    scale(g.data_ptr<double>());
-  }
+  });
   return out;
 }
 

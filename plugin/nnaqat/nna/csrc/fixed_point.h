@@ -91,4 +91,13 @@ inline double saturate(double value, double low, double high, bool* inside) {
   return std::min(std::max(value, low), high);
 }
 
+// An accumulator total (an exact integer) into `bits` bits: saturated (setting `inside`) or
+// wrapped around in two's complement (`inside` always true); span = 2**bits.
+inline double overflow(double total, double low, double high, double span, bool saturate_it, bool* inside) {
+  if (saturate_it) return saturate(total, low, high, inside);
+  *inside = true;
+  const double wrapped = std::fmod(total - low, span);
+  return (wrapped < 0 ? wrapped + span : wrapped) + low;
+}
+
 }  // namespace nnaqat

@@ -149,14 +149,8 @@ std::vector<torch::Tensor> lstm_forward(torch::Tensor from_input, torch::Tensor 
         const float* from_x = xp + (n * T + t) * G;
         for (int64_t j = 0; j < G; ++j) {
           const int64_t at = n * G + j;
-          double total = in_float32 ? static_cast<double>(acc32[at]) : acc64[at];
-          if (k.acc_saturate) {
-            total = saturate(total, acc_low, acc_high, &acc_in[at]);
-          } else {
-            total = std::fmod(total - acc_low, wrap_span);
-            total = (total < 0 ? total + wrap_span : total) + acc_low;
-            acc_in[at] = true;
-          }
+          const double total = overflow(in_float32 ? static_cast<double>(acc32[at]) : acc64[at], acc_low, acc_high,
+                                        wrap_span, k.acc_saturate, &acc_in[at]);
           const int64_t pre =
               static_cast<int64_t>(from_x[j]) + requantize(static_cast<int64_t>(total), mhp[j], shp[j], k.rounding);
           const double gate = saturate(static_cast<double>(pre), gate_low, gate_high, &gate_in[at]);
