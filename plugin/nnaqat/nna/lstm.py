@@ -191,8 +191,6 @@ class NnaLstm(nn.Module):
         cell ranges in training (used from the next call on)."""
         spec, lstm = self.spec, self.spec.lstm
         rounding, order = spec.requantization.rounding, spec.requantization.zero_point
-        if int(k.shift_h.max()) > ops.MAX_EXACT_FLOAT64_SHIFT:
-            raise ValueError(f"recurrent shift must be <= {ops.MAX_EXACT_FLOAT64_SHIFT}")
         n_frac, c_frac = lstm.nonlinearity.frac_bits, k.cell_frac_bits
         factor, shift = self._cell_to_gate_format(c_frac)
         ints = [

@@ -339,25 +339,6 @@ def requantize(acc: torch.Tensor, multiplier: IntTensor, shift: IntTensor, round
     return straight_through(value, acc.double() * real_multiplier(multiplier, shift))
 
 
-def requantized_codes(
-    acc: torch.Tensor,
-    multiplier: IntTensor,
-    shift: IntTensor,
-    zero_point: IntTensor,
-    rounding: str,
-    zero_point_order: str = "after_rounding",
-) -> torch.Tensor:
-    """``reference.requantize_output`` before saturation: the rounded, rescaled accumulator with
-    its zero point added (int64, the broadcast shape; no gradient)."""
-    zero_point = _long(zero_point)
-    if zero_point_order == "after_rounding":
-        return _requantize_long(acc.detach(), multiplier, shift, rounding) + zero_point
-    if zero_point_order == "before_rounding" and rounding == "fp32_rne":
-        product = acc.detach().float() * real_multiplier(multiplier, shift).float()
-        return torch.round(product + zero_point.float()).long()
-    raise ValueError(f"zero_point_order {zero_point_order!r} is not defined for rounding {rounding!r}")
-
-
 def saturate(value: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``value`` clamped to the signed ``bits``-bit range, and where it was inside it (bool):
     the clipped straight-through estimator passes gradients there."""
@@ -573,7 +554,6 @@ __all__ = [
     "real_multiplier",
     "requantize",
     "requantize_output",
-    "requantized_codes",
     "saturate",
     "saturating_rounding_doubling_high_mul",
     "wrap",
