@@ -22,7 +22,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # torch first and alone: any unpinned resolution of torch pulls a multi-GB CUDA build.
 "${pip[@]}" install torch==2.13.0
 "${pip[@]}" install -r "$root/requirements.lock"
-# Editable, built against the torch above: compiles the integer LSTM kernel (setup.py, about 40 s).
+# Editable, built against the torch above: compiles the NNA kernels (setup.py, about 90 s).
 "${pip[@]}" install --no-deps --no-build-isolation -e "$root"
 
 if ! "$venv/bin/python" -c "import fast_rnnt" 2>/dev/null; then

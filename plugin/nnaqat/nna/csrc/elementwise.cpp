@@ -6,8 +6,8 @@
 // (C,) vectors read at channel (i / inner) % C of the flat element index i: C = 1 for one
 // value, inner = 1 along the last axis, inner = the row size along the first (ops.channel_layout).
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <algorithm>
 #include <vector>
@@ -48,12 +48,12 @@ void for_each_element(int64_t numel, int64_t channels, int64_t inner, const F& f
 
 // Calls f(pointer) with the data of a tensor: float32 as it is, anything else as float64.
 template <typename F>
-void with_float_data(const torch::Tensor& tensor, const F& f) {
-  if (tensor.scalar_type() == torch::kFloat32) {
+void with_float_data(const at::Tensor& tensor, const F& f) {
+  if (tensor.scalar_type() == at::kFloat) {
     const auto p = tensor.contiguous();
     f(p.data_ptr<float>());
   } else {
-    const auto p = tensor.to(torch::kFloat64).contiguous();
+    const auto p = tensor.to(at::kDouble).contiguous();
     f(p.data_ptr<double>());
   }
 }
@@ -61,12 +61,12 @@ void with_float_data(const torch::Tensor& tensor, const F& f) {
 }  // namespace
 
 // ops.quantize: x (float32, contiguous), scale (C,) float32 -> [codes float32, inside bool].
-std::vector<torch::Tensor> quantize_codes(torch::Tensor x, torch::Tensor scale, int64_t inner, int64_t zero_point,
+std::vector<at::Tensor> quantize_codes(at::Tensor x, at::Tensor scale, int64_t inner, int64_t zero_point,
                                           int64_t bits) {
-  const auto input = x.to(torch::kFloat32).contiguous();
-  const auto scales = scale.to(torch::kFloat32).contiguous();
-  auto codes = torch::empty_like(input);
-  auto inside = torch::empty(input.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  const auto input = x.to(at::kFloat).contiguous();
+  const auto scales = scale.to(at::kFloat).contiguous();
+  auto codes = at::empty_like(input);
+  auto inside = at::empty(input.sizes(), at::TensorOptions().dtype(at::kBool));
   const float* xp = input.data_ptr<float>();
   const float* sp = scales.data_ptr<float>();
   float* out = codes.data_ptr<float>();
@@ -80,15 +80,15 @@ std::vector<torch::Tensor> quantize_codes(torch::Tensor x, torch::Tensor scale, 
 
 // ops.requantize_output: acc (float64 integers, contiguous), multiplier and shift (C,) int64
 // -> [codes float32, inside bool] (saturated to `bits`).
-std::vector<torch::Tensor> requantize_codes(torch::Tensor acc, torch::Tensor multiplier, torch::Tensor shift,
+std::vector<at::Tensor> requantize_codes(at::Tensor acc, at::Tensor multiplier, at::Tensor shift,
                                             int64_t inner, int64_t zero_point, int64_t bits, int64_t rounding,
                                             bool zero_point_before_rounding) {
   TORCH_CHECK(rounding >= 0 && rounding <= 3, "requantize_codes: unknown rounding ", rounding);
-  const auto input = acc.to(torch::kFloat64).contiguous();
-  const auto m = multiplier.to(torch::kInt64).contiguous(), s = shift.to(torch::kInt64).contiguous();
+  const auto input = acc.to(at::kDouble).contiguous();
+  const auto m = multiplier.to(at::kLong).contiguous(), s = shift.to(at::kLong).contiguous();
   TORCH_CHECK(s.numel() == m.numel(), "requantize_codes: one shift per multiplier");
-  auto codes = torch::empty(input.sizes(), torch::TensorOptions().dtype(torch::kFloat32));
-  auto inside = torch::empty(input.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  auto codes = at::empty(input.sizes(), at::TensorOptions().dtype(at::kFloat));
+  auto inside = at::empty(input.sizes(), at::TensorOptions().dtype(at::kBool));
   const double* ap = input.data_ptr<double>();
   const int64_t* mp = m.data_ptr<int64_t>();
   const int64_t* sp = s.data_ptr<int64_t>();
@@ -107,15 +107,15 @@ std::vector<torch::Tensor> requantize_codes(torch::Tensor acc, torch::Tensor mul
 // left by `left_shift`, each requantized by its multiplier, summed, requantized to the output
 // (zero point after rounding) and saturated -> [codes float32, inside bool].
 // multipliers = [m_a, shift_a, m_b, shift_b, m_out, shift_out].
-std::vector<torch::Tensor> add_codes(torch::Tensor a, torch::Tensor b, int64_t a_zero_point, int64_t b_zero_point,
+std::vector<at::Tensor> add_codes(at::Tensor a, at::Tensor b, int64_t a_zero_point, int64_t b_zero_point,
                                      int64_t left_shift, std::vector<int64_t> multipliers, int64_t out_zero_point,
                                      int64_t out_bits, int64_t rounding) {
   TORCH_CHECK(multipliers.size() == 6, "add_codes: expected three multipliers and shifts");
   TORCH_CHECK(rounding >= 0 && rounding <= 3, "add_codes: unknown rounding ", rounding);
-  const auto ac = a.to(torch::kFloat32).contiguous(), bc = b.to(torch::kFloat32).contiguous();
+  const auto ac = a.to(at::kFloat).contiguous(), bc = b.to(at::kFloat).contiguous();
   TORCH_CHECK(ac.sizes() == bc.sizes(), "add_codes: a and b must have the same shape");
-  auto codes = torch::empty_like(ac);
-  auto inside = torch::empty(ac.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  auto codes = at::empty_like(ac);
+  auto inside = at::empty(ac.sizes(), at::TensorOptions().dtype(at::kBool));
   const float* ap = ac.data_ptr<float>();
   const float* bp = bc.data_ptr<float>();
   float* out = codes.data_ptr<float>();
@@ -135,14 +135,14 @@ std::vector<torch::Tensor> add_codes(torch::Tensor a, torch::Tensor b, int64_t a
 // ops.accumulate after its matmul: product (..., N) (float32 or float64, exact integers) plus
 // offset (N,) float64 (bias - x_zero_point * sum of the row's weights), saturated or wrapped to
 // `bits` -> [acc float64, inside bool (saturation did not clip; all true when wrapping)].
-std::vector<torch::Tensor> accumulate_epilogue(torch::Tensor product, torch::Tensor offset, int64_t bits,
+std::vector<at::Tensor> accumulate_epilogue(at::Tensor product, at::Tensor offset, int64_t bits,
                                                bool saturate_overflow) {
-  const auto off = offset.to(torch::kFloat64).contiguous();
+  const auto off = offset.to(at::kDouble).contiguous();
   const int64_t outputs = off.numel();
   TORCH_CHECK(product.dim() >= 1 && product.size(-1) == outputs, "accumulate_epilogue: ", outputs,
               " offsets for outputs of shape ", product.sizes());
-  auto acc = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kFloat64));
-  auto inside = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kBool));
+  auto acc = at::empty(product.sizes(), at::TensorOptions().dtype(at::kDouble));
+  auto inside = at::empty(product.sizes(), at::TensorOptions().dtype(at::kBool));
   const double* op = off.data_ptr<double>();
   double* ap = acc.data_ptr<double>();
   bool* in = inside.data_ptr<bool>();
@@ -159,18 +159,18 @@ std::vector<torch::Tensor> accumulate_epilogue(torch::Tensor product, torch::Ten
 // product (..., N), offset (N,) as accumulate_epilogue; multiplier, shift (N,) int64 per output
 // -> [codes float32, inside uint8: bit 0 the accumulator did not saturate (always set when
 // wrapping), bit 1 the output clamp was inactive].
-std::vector<torch::Tensor> linear_codes(torch::Tensor product, torch::Tensor offset, int64_t acc_bits,
-                                        bool saturate_overflow, torch::Tensor multiplier, torch::Tensor shift,
+std::vector<at::Tensor> linear_codes(at::Tensor product, at::Tensor offset, int64_t acc_bits,
+                                        bool saturate_overflow, at::Tensor multiplier, at::Tensor shift,
                                         int64_t zero_point, int64_t out_bits, int64_t rounding,
                                         bool zero_point_before_rounding) {
   TORCH_CHECK(rounding >= 0 && rounding <= 3, "linear_codes: unknown rounding ", rounding);
-  const auto off = offset.to(torch::kFloat64).contiguous();
-  const auto m = multiplier.to(torch::kInt64).contiguous(), s = shift.to(torch::kInt64).contiguous();
+  const auto off = offset.to(at::kDouble).contiguous();
+  const auto m = multiplier.to(at::kLong).contiguous(), s = shift.to(at::kLong).contiguous();
   const int64_t outputs = off.numel();
   TORCH_CHECK(product.dim() >= 1 && product.size(-1) == outputs && m.numel() == outputs && s.numel() == outputs,
               "linear_codes: ", outputs, " offsets, ", m.numel(), " multipliers for outputs of shape ", product.sizes());
-  auto codes = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kFloat32));
-  auto inside = torch::empty(product.sizes(), torch::TensorOptions().dtype(torch::kUInt8));
+  auto codes = at::empty(product.sizes(), at::TensorOptions().dtype(at::kFloat));
+  auto inside = at::empty(product.sizes(), at::TensorOptions().dtype(at::kByte));
   const double* op = off.data_ptr<double>();
   const int64_t* mp = m.data_ptr<int64_t>();
   const int64_t* sp = s.data_ptr<int64_t>();
@@ -194,12 +194,12 @@ std::vector<torch::Tensor> linear_codes(torch::Tensor product, torch::Tensor off
 }
 
 // Gradient of linear_codes' epilogue: grad * real[c] where neither clamp was active, float32.
-torch::Tensor linear_codes_backward(torch::Tensor grad, torch::Tensor inside, torch::Tensor real) {
-  const auto g = grad.to(torch::kFloat32).contiguous();
-  const auto r = real.to(torch::kFloat64).contiguous();
+at::Tensor linear_codes_backward(at::Tensor grad, at::Tensor inside, at::Tensor real) {
+  const auto g = grad.to(at::kFloat).contiguous();
+  const auto r = real.to(at::kDouble).contiguous();
   const auto mask = inside.contiguous();
   TORCH_CHECK(g.numel() == mask.numel() && g.size(-1) == r.numel(), "linear_codes_backward: shapes do not match");
-  auto out = torch::empty_like(g);
+  auto out = at::empty_like(g);
   const float* gp = g.data_ptr<float>();
   const double* rp = r.data_ptr<double>();
   const uint8_t* mp = mask.data_ptr<uint8_t>();
@@ -212,11 +212,11 @@ torch::Tensor linear_codes_backward(torch::Tensor grad, torch::Tensor inside, to
 
 // Clipped straight-through gradients. masked_scale: grad * factor[channel] where inside, else
 // 0, in float64 (a requantization's real multiplier; accumulators are float64).
-torch::Tensor masked_scale(torch::Tensor grad, torch::Tensor factor, int64_t inner, torch::Tensor inside) {
-  const auto f = factor.to(torch::kFloat64).contiguous();
+at::Tensor masked_scale(at::Tensor grad, at::Tensor factor, int64_t inner, at::Tensor inside) {
+  const auto f = factor.to(at::kDouble).contiguous();
   const auto mask = inside.contiguous();
   TORCH_CHECK(grad.numel() == mask.numel(), "masked_scale: shapes do not match");
-  auto out = torch::empty(grad.sizes(), torch::TensorOptions().dtype(torch::kFloat64));
+  auto out = at::empty(grad.sizes(), at::TensorOptions().dtype(at::kDouble));
   const double* fp = f.data_ptr<double>();
   const bool* mp = mask.data_ptr<bool>();
   double* op = out.data_ptr<double>();
@@ -229,12 +229,12 @@ torch::Tensor masked_scale(torch::Tensor grad, torch::Tensor factor, int64_t inn
 }
 
 // masked_divide: grad / divisor[channel] where inside, else 0, in float32 (a quantization's scale).
-torch::Tensor masked_divide(torch::Tensor grad, torch::Tensor divisor, int64_t inner, torch::Tensor inside) {
-  const auto g = grad.to(torch::kFloat32).contiguous();
-  const auto d = divisor.to(torch::kFloat32).contiguous();
+at::Tensor masked_divide(at::Tensor grad, at::Tensor divisor, int64_t inner, at::Tensor inside) {
+  const auto g = grad.to(at::kFloat).contiguous();
+  const auto d = divisor.to(at::kFloat).contiguous();
   const auto mask = inside.contiguous();
   TORCH_CHECK(g.numel() == mask.numel(), "masked_divide: shapes do not match");
-  auto out = torch::empty_like(g);
+  auto out = at::empty_like(g);
   const float* gp = g.data_ptr<float>();
   const float* dp = d.data_ptr<float>();
   const bool* mp = mask.data_ptr<bool>();
@@ -248,17 +248,17 @@ torch::Tensor masked_divide(torch::Tensor grad, torch::Tensor divisor, int64_t i
 // `value` ((2**bits)**2, indexed by (a_q - low) * 2**bits + (b_q - low)), then dequantized
 // with `out_scale` (zero point 0). Returns [out float32, pair int32, inside uint8: bit 0 a's
 // quantization did not clamp, bit 1 b's].
-std::vector<torch::Tensor> pair_lookup(torch::Tensor a, torch::Tensor b, double a_scale, int64_t a_zero_point,
-                                       double b_scale, int64_t b_zero_point, int64_t bits, torch::Tensor value,
+std::vector<at::Tensor> pair_lookup(at::Tensor a, at::Tensor b, double a_scale, int64_t a_zero_point,
+                                       double b_scale, int64_t b_zero_point, int64_t bits, at::Tensor value,
                                        double out_scale) {
-  const auto ac = a.to(torch::kFloat32).contiguous(), bc = b.to(torch::kFloat32).contiguous();
+  const auto ac = a.to(at::kFloat).contiguous(), bc = b.to(at::kFloat).contiguous();
   TORCH_CHECK(ac.sizes() == bc.sizes(), "pair_lookup: a and b must have the same shape");
-  const auto table = value.to(torch::kFloat32).contiguous();
+  const auto table = value.to(at::kFloat).contiguous();
   const int64_t codes = int64_t(1) << bits;
   TORCH_CHECK(table.numel() == codes * codes, "pair_lookup: the table must hold every pair of codes");
-  auto out = torch::empty_like(ac);
-  auto pair = torch::empty(ac.sizes(), torch::TensorOptions().dtype(torch::kInt32));
-  auto inside = torch::empty(ac.sizes(), torch::TensorOptions().dtype(torch::kUInt8));
+  auto out = at::empty_like(ac);
+  auto pair = at::empty(ac.sizes(), at::TensorOptions().dtype(at::kInt));
+  auto inside = at::empty(ac.sizes(), at::TensorOptions().dtype(at::kByte));
   const float* ap = ac.data_ptr<float>();
   const float* bp = bc.data_ptr<float>();
   const float* tp = table.data_ptr<float>();
@@ -284,12 +284,12 @@ std::vector<torch::Tensor> pair_lookup(torch::Tensor a, torch::Tensor b, double 
 
 // Gradients of pair_lookup: grad * grad_table[pair] * factor where that input did not clamp,
 // for a (grad_a table, a_factor = out_scale / a_scale) and b. Returns [grad_a, grad_b] float32.
-std::vector<torch::Tensor> pair_lookup_backward(torch::Tensor grad, torch::Tensor pair, torch::Tensor inside,
-                                                torch::Tensor grad_a_table, torch::Tensor grad_b_table,
+std::vector<at::Tensor> pair_lookup_backward(at::Tensor grad, at::Tensor pair, at::Tensor inside,
+                                                at::Tensor grad_a_table, at::Tensor grad_b_table,
                                                 double a_factor, double b_factor) {
-  const auto g = grad.to(torch::kFloat32).contiguous();
-  const auto ga_table = grad_a_table.to(torch::kFloat32).contiguous(), gb_table = grad_b_table.to(torch::kFloat32).contiguous();
-  auto grad_a = torch::empty_like(g), grad_b = torch::empty_like(g);
+  const auto g = grad.to(at::kFloat).contiguous();
+  const auto ga_table = grad_a_table.to(at::kFloat).contiguous(), gb_table = grad_b_table.to(at::kFloat).contiguous();
+  auto grad_a = at::empty_like(g), grad_b = at::empty_like(g);
   const float* gp = g.data_ptr<float>();
   const int32_t* pp = pair.data_ptr<int32_t>();
   const uint8_t* ip = inside.data_ptr<uint8_t>();

@@ -10,8 +10,8 @@
 // Tensors hold integer values in float32 (the Python side's convention); the arithmetic is in
 // int64, or in float32/float64 where the operator's definition says so (fixed_point.h).
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <limits>
 #include <vector>
@@ -53,18 +53,18 @@ struct Constants {
 // (integer units) and of the unsaturated cell. With keep, then the records (T, N, ...) the
 // backward pass reads: h_prev, acc_inside, gates_inside, ifgo, c_prev, kept_inside,
 // written_inside, cell_inside, cell_gate, cell_gate_inside, squashed, h_inside, gates (masks bool).
-std::vector<torch::Tensor> lstm_forward(torch::Tensor from_input, torch::Tensor w_h, torch::Tensor h0,
-                                        torch::Tensor c0, torch::Tensor m_h, torch::Tensor shift_h,
-                                        torch::Tensor sigmoid, torch::Tensor tanh, std::vector<int64_t> ints,
+std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::Tensor h0,
+                                        at::Tensor c0, at::Tensor m_h, at::Tensor shift_h,
+                                        at::Tensor sigmoid, at::Tensor tanh, std::vector<int64_t> ints,
                                         std::vector<double> reals, bool keep) {
   const Constants k = Constants::from(ints, reals);
-  const auto x = from_input.to(torch::kFloat32).contiguous();
-  const auto w = w_h.to(torch::kFloat32).contiguous();
+  const auto x = from_input.to(at::kFloat).contiguous();
+  const auto w = w_h.to(at::kFloat).contiguous();
   const int64_t N = x.size(0), T = x.size(1), G = x.size(2), H = G / 4;
   TORCH_CHECK(G == 4 * H && w.size(0) == G && w.size(1) == H, "integer_lstm: weight ", w.sizes(),
               " does not match gates ", x.sizes());
-  const auto mh = m_h.to(torch::kInt64).contiguous(), sh = shift_h.to(torch::kInt64).contiguous();
-  const auto sig = sigmoid.to(torch::kFloat32).contiguous(), tnh = tanh.to(torch::kFloat32).contiguous();
+  const auto mh = m_h.to(at::kLong).contiguous(), sh = shift_h.to(at::kLong).contiguous();
+  const auto sig = sigmoid.to(at::kFloat).contiguous(), tnh = tanh.to(at::kFloat).contiguous();
   TORCH_CHECK(mh.numel() == G && sh.numel() == G, "integer_lstm: one multiplier per gate unit");
   TORCH_CHECK(sig.numel() == (int64_t(1) << k.gate_bits) && tnh.numel() == sig.numel(),
               "integer_lstm: tables must hold every gate code");
@@ -80,29 +80,29 @@ std::vector<torch::Tensor> lstm_forward(torch::Tensor from_input, torch::Tensor 
   const double h_max_abs = std::max(std::fabs(hidden_low - k.h_zero_point), std::fabs(hidden_high - k.h_zero_point));
   const double w_max_abs = w.numel() ? w.abs().max().item<double>() : 0.0;
   const bool in_float32 = h_max_abs * w_max_abs * static_cast<double>(H) < kFloat32Exact;
-  const auto mm_options = torch::TensorOptions().dtype(in_float32 ? torch::kFloat32 : torch::kFloat64);
+  const auto mm_options = at::TensorOptions().dtype(in_float32 ? at::kFloat : at::kDouble);
   const auto w_t = w.to(mm_options.dtype()).t().contiguous();  // (H, 4H)
 
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32), b8 = torch::TensorOptions().dtype(torch::kBool);
-  auto y = torch::empty({N, T, H}, f32);
-  auto h = h0.to(torch::kFloat32).contiguous().clone(), c = c0.to(torch::kFloat32).contiguous().clone();
-  auto h_centered = torch::empty({N, H}, mm_options);
-  auto acc = torch::empty({N, G}, mm_options);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat), b8 = at::TensorOptions().dtype(at::kBool);
+  auto y = at::empty({N, T, H}, f32);
+  auto h = h0.to(at::kFloat).contiguous().clone(), c = c0.to(at::kFloat).contiguous().clone();
+  auto h_centered = at::empty({N, H}, mm_options);
+  auto acc = at::empty({N, G}, mm_options);
   const int64_t kept_steps = keep ? T : 0;
-  auto records = std::vector<torch::Tensor>{
-      torch::empty({kept_steps, N, H}, f32), torch::empty({kept_steps, N, G}, b8),   // h_prev, acc_inside
-      torch::empty({kept_steps, N, G}, b8), torch::empty({kept_steps, N, G}, f32),   // gates_inside, ifgo
-      torch::empty({kept_steps, N, H}, f32), torch::empty({kept_steps, N, H}, b8),   // c_prev, kept_inside
-      torch::empty({kept_steps, N, H}, b8), torch::empty({kept_steps, N, H}, b8),    // written_inside, cell_inside
-      torch::empty({kept_steps, N, H}, f32), torch::empty({kept_steps, N, H}, b8),   // cell_gate, cell_gate_inside
-      torch::empty({kept_steps, N, H}, f32), torch::empty({kept_steps, N, H}, b8),   // squashed, h_inside
-      torch::empty({kept_steps, N, G}, f32)};                                        // gates
+  auto records = std::vector<at::Tensor>{
+      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, G}, b8),   // h_prev, acc_inside
+      at::empty({kept_steps, N, G}, b8), at::empty({kept_steps, N, G}, f32),   // gates_inside, ifgo
+      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, b8),   // c_prev, kept_inside
+      at::empty({kept_steps, N, H}, b8), at::empty({kept_steps, N, H}, b8),    // written_inside, cell_inside
+      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, b8),   // cell_gate, cell_gate_inside
+      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, b8),   // squashed, h_inside
+      at::empty({kept_steps, N, G}, f32)};                                        // gates
   // Scratch for the step when nothing is kept; otherwise the step writes straight into the records.
-  auto scratch = std::vector<torch::Tensor>{
-      torch::empty({N, H}, f32), torch::empty({N, G}, b8), torch::empty({N, G}, b8), torch::empty({N, G}, f32),
-      torch::empty({N, H}, f32), torch::empty({N, H}, b8), torch::empty({N, H}, b8), torch::empty({N, H}, b8),
-      torch::empty({N, H}, f32), torch::empty({N, H}, b8), torch::empty({N, H}, f32), torch::empty({N, H}, b8),
-      torch::empty({N, G}, f32)};
+  auto scratch = std::vector<at::Tensor>{
+      at::empty({N, H}, f32), at::empty({N, G}, b8), at::empty({N, G}, b8), at::empty({N, G}, f32),
+      at::empty({N, H}, f32), at::empty({N, H}, b8), at::empty({N, H}, b8), at::empty({N, H}, b8),
+      at::empty({N, H}, f32), at::empty({N, H}, b8), at::empty({N, H}, f32), at::empty({N, H}, b8),
+      at::empty({N, G}, f32)};
   // Per-sequence running minima and maxima of o * tanh(c) and of the unsaturated cell.
   std::vector<double> ranges_of(4 * N);
   for (int64_t n = 0; n < N; ++n) {
@@ -120,13 +120,13 @@ std::vector<torch::Tensor> lstm_forward(torch::Tensor from_input, torch::Tensor 
   float* cp = c.data_ptr<float>();
 
   for (int64_t t = 0; t < T; ++t) {
-    std::vector<torch::Tensor> r(13);
+    std::vector<at::Tensor> r(13);
     for (size_t i = 0; i < r.size(); ++i) r[i] = keep ? records[i][t] : scratch[i];
     r[0].copy_(h);
     r[4].copy_(c);
     h_centered.copy_(h);
     h_centered.sub_(static_cast<double>(k.h_zero_point));
-    torch::mm_out(acc, h_centered, w_t);
+    at::mm_out(acc, h_centered, w_t);
     const float* acc32 = in_float32 ? acc.data_ptr<float>() : nullptr;
     const double* acc64 = in_float32 ? nullptr : acc.data_ptr<double>();
     bool* acc_in = r[1].data_ptr<bool>();
@@ -198,8 +198,10 @@ std::vector<torch::Tensor> lstm_forward(torch::Tensor from_input, torch::Tensor 
     cell_min = std::min(cell_min, ranges_of[4 * n + 2]);
     cell_max = std::max(cell_max, ranges_of[4 * n + 3]);
   }
-  auto ranges = torch::tensor({product_min, product_max, cell_min, cell_max}, torch::TensorOptions().dtype(torch::kFloat64));
-  std::vector<torch::Tensor> out{y, h, c, ranges};
+  auto ranges = at::empty({4}, at::TensorOptions().dtype(at::kDouble));
+  double* range_data = ranges.data_ptr<double>();
+  range_data[0] = product_min, range_data[1] = product_max, range_data[2] = cell_min, range_data[3] = cell_max;
+  std::vector<at::Tensor> out{y, h, c, ranges};
   if (keep) out.insert(out.end(), records.begin(), records.end());
   return out;
 }
@@ -212,24 +214,24 @@ std::vector<torch::Tensor> lstm_forward(torch::Tensor from_input, torch::Tensor 
 //   cell-to-gate scale and cell_gate_inside
 //   w_h (4H, H); r_h (4H,) the recurrent real multipliers; reals = [r_out, kept_scale, written_scale]
 // Returns [grad_gates (T, N, 4H), grad_acc (T, N, 4H), dh (N, H), dc (N, H)].
-std::vector<torch::Tensor> lstm_backward(torch::Tensor grad_y, torch::Tensor grad_h, torch::Tensor grad_c,
-                                         std::vector<torch::Tensor> records, torch::Tensor slopes,
-                                         torch::Tensor squash_slope, torch::Tensor w_h, torch::Tensor r_h,
+std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::Tensor grad_c,
+                                         std::vector<at::Tensor> records, at::Tensor slopes,
+                                         at::Tensor squash_slope, at::Tensor w_h, at::Tensor r_h,
                                          std::vector<double> reals) {
   TORCH_CHECK(records.size() == 13 && reals.size() == 3, "integer_lstm: backward expects 13 records and 3 reals");
   const int64_t T = records[4].size(0), N = records[4].size(1), H = records[4].size(2), G = 4 * H;
   const float r_out = static_cast<float>(reals[0]), kept_scale = static_cast<float>(reals[1]),
               written_scale = static_cast<float>(reals[2]);
   const bool has_grad_y = grad_y.numel() > 0;
-  const auto gy = has_grad_y ? grad_y.to(torch::kFloat32).contiguous() : grad_y;
+  const auto gy = has_grad_y ? grad_y.to(at::kFloat).contiguous() : grad_y;
   for (auto& record : records) record = record.contiguous();
-  const auto slope = slopes.to(torch::kFloat32).contiguous(), sq_slope = squash_slope.to(torch::kFloat32).contiguous();
-  const auto w = w_h.to(torch::kFloat32).contiguous();
-  const auto rh = r_h.to(torch::kFloat32).contiguous();
+  const auto slope = slopes.to(at::kFloat).contiguous(), sq_slope = squash_slope.to(at::kFloat).contiguous();
+  const auto w = w_h.to(at::kFloat).contiguous();
+  const auto rh = r_h.to(at::kFloat).contiguous();
 
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-  auto grad_gates = torch::empty({T, N, G}, f32), grad_acc = torch::empty({T, N, G}, f32);
-  auto dh = grad_h.to(torch::kFloat32).contiguous().clone(), dc = grad_c.to(torch::kFloat32).contiguous().clone();
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto grad_gates = at::empty({T, N, G}, f32), grad_acc = at::empty({T, N, G}, f32);
+  auto dh = grad_h.to(at::kFloat).contiguous().clone(), dc = grad_c.to(at::kFloat).contiguous().clone();
   float* dhp = dh.data_ptr<float>();
   float* dcp = dc.data_ptr<float>();
   const float* rhp = rh.data_ptr<float>();
@@ -269,7 +271,7 @@ std::vector<torch::Tensor> lstm_backward(torch::Tensor grad_y, torch::Tensor gra
         for (int64_t j = 0; j < G; ++j) ga[base + j] = acc_in[base + j] ? gg[base + j] * rhp[j] : 0.0f;
       }
     });
-    torch::mm_out(dh, grad_acc[t], w);  // (N, 4H) @ (4H, H)
+    at::mm_out(dh, grad_acc[t], w);  // (N, 4H) @ (4H, H)
   }
   return {grad_gates, grad_acc, dh, dc};
 }
