@@ -21,6 +21,7 @@ from nnaqat.nna import reference as ref
 from nnaqat.nna.engine import add_tanh, conv_relu
 from nnaqat.nna.layers import NnaAdd, NnaAddTanh, NnaEmbedding, NnaGroupedConv
 from nnaqat.nna.linear import RangeObserver
+from nnaqat.nna.models import NnaAdditiveJoiner
 from nnaqat.nna.ranges import FixedRange
 from nnaqat.nna.spec import AccumulatorFormat, RequantizationFormat
 
@@ -208,6 +209,30 @@ def test_joiner_pair_table_equals_the_operators_values_and_gradients(a_range):
         results.append((out.detach(), a.grad, b.grad))
     for tabled, direct in zip(*results):
         assert torch.allclose(tabled, direct, rtol=1e-6, atol=1e-6) and float(direct.abs().max()) > 0
+
+
+@pytest.mark.parametrize("spec", BASES)
+def test_joiner_hands_its_table_codes_to_the_output_linear(spec):
+    """The joiner feeds the pair table's output codes straight to the output linear: the same
+    logits as dequantizing them and quantizing again on its tied input range, the same gradients."""
+    torch.manual_seed(0)
+    joiner = NnaAdditiveJoiner(spec, encoder_dim=12, decoder_dim=8, joiner_dim=16, vocab_size=5)
+    encoder_out, decoder_out = torch.randn(3, 7, 1, 12), torch.randn(3, 1, 4, 8)
+    joiner(encoder_out, decoder_out)  # calibrates (training mode)
+    joiner.eval()
+    results = []
+    for handed_off in (True, False):
+        enc = encoder_out.clone().requires_grad_()
+        if handed_off:
+            logits = joiner(enc, decoder_out)
+        else:
+            activation = joiner.activation(joiner.encoder_proj(enc), joiner.decoder_proj(decoder_out))
+            logits = joiner.output_linear(activation)
+        (logits * torch.linspace(-1, 1, logits.numel()).reshape(logits.shape)).sum().backward()
+        results.append((logits.detach(), enc.grad))
+    (logits, grad), (expected_logits, expected_grad) = results
+    assert torch.equal(logits, expected_logits) and logits.shape == (3, 7, 4, 5)
+    assert torch.allclose(grad, expected_grad, rtol=1e-5, atol=1e-6) and float(grad.abs().max()) > 0
 
 
 # ---- embedding -------------------------------------------------------------------------------

@@ -274,21 +274,27 @@ class NnaAddTanh(nn.Module):
         self._pair_cache = (constants, (out.detach(), grad_a, grad_b))
         return self._pair_cache[1]
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized (in float
-        if placed on the CPU)."""
+    def forward_codes(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Broadcasting ``tanh(a + b)`` of dequantized projection codes as the NNA's output codes
+        (integer-valued float32, scale :attr:`output_range`, zero point 0), with the ops'
+        straight-through gradients."""
         bits = self.spec.activations.bits
-        if self.cpu_fallback is not None:
-            return self.cpu_fallback.output(torch.tanh(a + b), self.output_range, bits)
         if bits > MAX_PAIR_TABLE_BITS:
             a_q, _ = _quantize_with(self.a_range, a, bits)
             b_q, _ = _quantize_with(self.b_range, b, bits)
-            return ops.dequantize(self.integer_op(a_q, b_q), self.output_range.scale, 0)
+            return self.integer_op(a_q, b_q)
         a_scale, a_zero_point = self.a_range.scale_and_zero_point()
         b_scale, b_zero_point = self.b_range.scale_and_zero_point()
         a, b = torch.broadcast_tensors(a, b)
         quantization = (float(a_scale), a_zero_point, float(b_scale), b_zero_point, bits)
-        return _PairLookup.apply(a, b, quantization, self._pair_tables(), float(self.output_range.scale))
+        return _PairLookup.apply(a, b, quantization, self._pair_tables())
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Broadcasting ``tanh(a + b)`` of dequantized projection codes, dequantized (in float
+        if placed on the CPU)."""
+        if self.cpu_fallback is not None:
+            return self.cpu_fallback.output(torch.tanh(a + b), self.output_range, self.spec.activations.bits)
+        return ops.dequantize(self.forward_codes(a, b), self.output_range.scale, 0)
 
     @torch.no_grad()
     def integer_params(self) -> Tuple[AddOpParams, ref.FixedPointMultiplier]:
@@ -297,23 +303,21 @@ class NnaAddTanh(nn.Module):
 
 class _PairLookup(torch.autograd.Function):
     """``NnaAddTanh`` through its pair tables in one compiled pass (``csrc/elementwise.cpp``):
-    both inputs quantized, the output code read from the table of every input pair and
-    dequantized. Gradients: the table's partial derivatives times each quantization's clipped
+    both inputs quantized and the output code read from the table of every input pair.
+    Gradients: the table's partial derivatives times each quantization's clipped
     straight-through ``1 / scale``."""
 
     @staticmethod
-    def forward(ctx, a, b, quantization, tables, out_scale):  # type: ignore[override]
+    def forward(ctx, a, b, quantization, tables):  # type: ignore[override]
         a_scale, a_zero_point, b_scale, b_zero_point, bits = quantization
         value, grad_a, grad_b = tables
-        out, pair, inside = _kernels.pair_lookup(
-            a, b, a_scale, a_zero_point, b_scale, b_zero_point, bits, value, out_scale
-        )  # fmt: skip
+        codes, pair, inside = _kernels.pair_lookup(a, b, a_scale, a_zero_point, b_scale, b_zero_point, bits, value)
         ctx.save_for_backward(pair, inside, grad_a, grad_b)
-        ctx.factors = (out_scale / a_scale, out_scale / b_scale)
-        return out
+        ctx.factors = (1.0 / a_scale, 1.0 / b_scale)
+        return codes
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         pair, inside, grad_a, grad_b = ctx.saved_tensors
         d_a, d_b = _kernels.pair_lookup_backward(grad, pair, inside, grad_a, grad_b, *ctx.factors)
-        return d_a, d_b, None, None, None
+        return d_a, d_b, None, None

@@ -207,7 +207,12 @@ class NnaLinear(nn.Module):
             self.input_observer.observe(x)
             return self.cpu_fallback.output(F.linear(x, self.weight, self.bias), self.output_observer,
                                             self.spec.activations.bits)  # fmt: skip
-        y_q = self.forward_integers(self.quantize_input(x))
+        return self.forward_from_codes(self.quantize_input(x))
+
+    def forward_from_codes(self, x_q: torch.Tensor) -> torch.Tensor:
+        """``x_q (..., K)`` input codes (a producer's output codes on this layer's input range)
+        -> ``(..., N)`` float: the dequantized NNA output, without a dequantize-quantize round trip."""
+        y_q = self.forward_integers(x_q)
         y_scale, y_zero_point = self.output_observer.scale_and_zero_point()
         return ops.dequantize(y_q, y_scale, y_zero_point)
 

@@ -60,22 +60,15 @@ class _Integers(NamedTuple):
 
 class _Records(NamedTuple):
     """What the integer recurrence leaves for the backward pass, stacked ``(T, N, ...)`` over
-    steps (``N`` sequences, ``H`` hidden units); in ``csrc/lstm.cpp``'s order. ``*_inside``
-    (bool): where a saturation did not clip."""
+    steps (``N`` sequences, ``H`` hidden units); in ``csrc/lstm.cpp``'s order. The flags (uint8)
+    mark where each saturation did not clip; the tables' outputs are looked up again."""
 
     h_prev: torch.Tensor  # (T, N, H) hidden codes each step read
-    acc_inside: torch.Tensor  # (T, N, 4H) recurrent accumulator (all True when wrapping)
-    gates_inside: torch.Tensor  # (T, N, 4H)
-    ifgo: torch.Tensor  # (T, N, 4H) i, f, g, o from the tables
     c_prev: torch.Tensor  # (T, N, H) cell codes each step read
-    kept_inside: torch.Tensor  # f * c
-    written_inside: torch.Tensor  # i * g
-    cell_inside: torch.Tensor  # f * c + i * g
-    cell_gate: torch.Tensor  # (T, N, H) the new cell in the gate format, tanh's input
-    cell_gate_inside: torch.Tensor
-    squashed: torch.Tensor  # (T, N, H) tanh of the new cell
-    h_inside: torch.Tensor
     gates: torch.Tensor  # (T, N, 4H) saturated gate codes, the tables' inputs
+    gate_flags: torch.Tensor  # (T, N, 4H) recurrent accumulator, gate
+    cell_gate: torch.Tensor  # (T, N, H) the new cell in the gate format, tanh's input
+    unit_flags: torch.Tensor  # (T, N, H) f * c, i * g, their sum, the cell in the gate format, h
 
 
 class NnaLstm(nn.Module):
@@ -196,13 +189,13 @@ class NnaLstm(nn.Module):
         ints = [
             k.h_zero_point, spec.accumulator.bits, lstm.gate.bits, lstm.cell_bits, lstm.hidden_bits, k.m_out,
             k.shift_out, ROUNDINGS.index(rounding), spec.accumulator.overflow == "saturate",
-            order == "before_rounding",
+            order == "before_rounding", self.luts.sigmoid.segment_bits, self.luts.sigmoid.interpolate,
         ]  # fmt: skip
         reals = [2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac), factor * 2.0**-shift]
         with torch.no_grad():
             y, h, c, ranges, *records = _kernels.lstm_forward(
-                from_input, k.w_h, h, c, k.m_h, k.shift_h, ops.expanded_table(self.luts.sigmoid),
-                ops.expanded_table(self.luts.tanh), ints, reals, keep,
+                from_input, k.w_h, h, c, k.m_h, k.shift_h, ops.lut_entries(self.luts.sigmoid),
+                ops.lut_entries(self.luts.tanh), ints, reals, keep,
             )  # fmt: skip
             if self.training and from_input.size(1):
                 self.hidden_observer.observe(ranges[:2] * 2.0 ** (-2 * n_frac))
@@ -300,21 +293,17 @@ class _Recurrence(torch.autograd.Function):
         n_frac, c_frac = spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
         factor, shift = layer._cell_to_gate_format(c_frac)
         sigmoid_lut, tanh_lut = layer.luts
-        # Table derivatives of every step at once: i, f, o through sigmoid, g through tanh.
-        i_x, f_x, g_x, o_x = r.gates.chunk(4, dim=-1)
-        slopes = torch.cat(
-            [ops.lut_derivative(i_x, sigmoid_lut), ops.lut_derivative(f_x, sigmoid_lut),
-             ops.lut_derivative(g_x, tanh_lut), ops.lut_derivative(o_x, sigmoid_lut)], dim=-1,
-        ) * r.gates_inside  # fmt: skip
-        squash_slope = ops.lut_derivative(r.cell_gate, tanh_lut) * (factor * 2.0**-shift * r.cell_gate_inside)
-        state_shape = r.squashed[0].shape
+        state_shape = r.c_prev[0].shape
         grad_gates, grad_acc, dh, dc = _kernels.lstm_backward(
             torch.empty(0) if grad_y is None else grad_y,
             torch.zeros(state_shape) if grad_h is None else grad_h,
             torch.zeros(state_shape) if grad_c is None else grad_c,
-            list(r), slopes, squash_slope, w_h.detach(), ops.real_multiplier(k.m_h, k.shift_h).float(),
-            [float(ops.real_multiplier(k.m_out, k.shift_out)), 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac)],
+            list(r), ops.lut_entries(sigmoid_lut), ops.lut_entries(tanh_lut), ops.expanded_derivative(sigmoid_lut),
+            ops.expanded_derivative(tanh_lut), w_h.detach(), ops.real_multiplier(k.m_h, k.shift_h).float(),
+            [spec.lstm.gate.bits, sigmoid_lut.segment_bits, sigmoid_lut.interpolate],
+            [float(ops.real_multiplier(k.m_out, k.shift_out)), 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac),
+             factor * 2.0**-shift],
         )  # fmt: skip
         # The recurrent weight's gradient, all steps in one matmul: sum_t d_acc_t^T (h_{t-1} - z_h).
         grad_w = grad_acc.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
-        return None, None, grad_gates.transpose(0, 1), grad_w, dh, dc
+        return None, None, grad_gates, grad_w, dh, dc

@@ -141,4 +141,8 @@ class NnaAdditiveJoiner(AdditiveJoiner):
         if project_input:
             encoder_out = self.encoder_proj(encoder_out)
             decoder_out = self.decoder_proj(decoder_out)
+        if self.activation.cpu_fallback is None and self.output_linear.cpu_fallback is None:
+            # The table's output codes are the output linear's input codes (its input range is
+            # tied to the table's): no dequantize-quantize pass over the joiner's largest tensor.
+            return self.output_linear.forward_from_codes(self.activation.forward_codes(encoder_out, decoder_out))
         return self.output_linear(self.activation(encoder_out, decoder_out))

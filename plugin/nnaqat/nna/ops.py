@@ -185,7 +185,8 @@ def _matmul_grads(ctx, grad32: torch.Tensor) -> Tuple[Optional[torch.Tensor], ..
         grad_w = rows.T @ (x.float() - ctx.x_zero_point).reshape(rows.size(0), -1)
     grad_bias = None
     if ctx.needs_input_grad[2]:
-        grad_bias = grad32.reshape(-1, grad32.size(-1)).sum(0, dtype=torch.float64)
+        # Summed in float32: a float64 copy of the whole gradient would cost more than the sum.
+        grad_bias = grad32.reshape(-1, grad32.size(-1)).sum(0).double()
     return grad_x, grad_w, grad_bias
 
 
@@ -471,11 +472,22 @@ def mul(a: torch.Tensor, b: torch.Tensor, shift: int, out_bits: int, rounding: s
 
 
 _TRUE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+# Per-table tensors built once: the entries, and expanded to every input code the values and derivatives.
+_entries: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
+_expanded: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
+_expanded_derivatives: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def lut_entries(lut: Lut) -> torch.Tensor:
+    """The table's entries as an int64 tensor ``(2**n + 1,)`` (built once per table)."""
+    if lut not in _entries:
+        _entries[lut] = torch.from_numpy(lut.table.copy())
+    return _entries[lut]
 
 
 def _table_values(position: torch.Tensor, lut: Lut) -> torch.Tensor:
     """The table's output codes (int64) at ``position = code - lowest code``."""
-    table = torch.from_numpy(lut.table.copy())
+    table = lut_entries(lut)
     bits = lut.segment_bits
     segment = 2**bits
     if not lut.interpolate:
@@ -488,7 +500,6 @@ def _table_values(position: torch.Tensor, lut: Lut) -> torch.Tensor:
 
 
 _MAX_EXPANDED_INPUT_BITS = 16
-_expanded: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
 def expanded_table(lut: Lut) -> torch.Tensor:
@@ -530,6 +541,15 @@ def lut_derivative(x: torch.Tensor, lut: Lut) -> torch.Tensor:
     return torch.sigmoid(u) * torch.sigmoid(-u) * scale
 
 
+def expanded_derivative(lut: Lut) -> torch.Tensor:
+    """:func:`lut_derivative` at every input code, float32 ``(2**input_bits,)``, for the
+    compiled backward passes (built once per table)."""
+    if lut not in _expanded_derivatives:
+        low, high = int_range(lut.input.bits)
+        _expanded_derivatives[lut] = lut_derivative(torch.arange(low, high + 1, dtype=torch.float32), lut)
+    return _expanded_derivatives[lut]
+
+
 def embedding_lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rows of an integer-valued embedding ``table (V, D)`` for int64 ``ids (...)``:
     ``(..., D)``; the gradient reaches the selected rows."""
@@ -543,7 +563,9 @@ __all__ = [
     "dequantize",
     "embedding_lookup",
     "exact_linear",
+    "expanded_derivative",
     "expanded_table",
+    "lut_entries",
     "fake_quantize",
     "lut_derivative",
     "linear_codes",

@@ -9,8 +9,8 @@ std::vector<torch::Tensor> lstm_forward(torch::Tensor, torch::Tensor, torch::Ten
                                         torch::Tensor, torch::Tensor, torch::Tensor, std::vector<int64_t>,
                                         std::vector<double>, bool);
 std::vector<torch::Tensor> lstm_backward(torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>,
-                                         torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                         std::vector<double>);
+                                         torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                         torch::Tensor, std::vector<int64_t>, std::vector<double>);
 std::vector<torch::Tensor> quantize_codes(torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t);
 std::vector<torch::Tensor> requantize_codes(torch::Tensor, torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t,
                                             int64_t, bool);
@@ -23,7 +23,7 @@ torch::Tensor linear_codes_backward(torch::Tensor, torch::Tensor, torch::Tensor)
 torch::Tensor masked_scale(torch::Tensor, torch::Tensor, int64_t, torch::Tensor);
 torch::Tensor masked_divide(torch::Tensor, torch::Tensor, int64_t, torch::Tensor);
 std::vector<torch::Tensor> pair_lookup(torch::Tensor, torch::Tensor, double, int64_t, double, int64_t, int64_t,
-                                       torch::Tensor, double);
+                                       torch::Tensor);
 std::vector<torch::Tensor> pair_lookup_backward(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
                                                 torch::Tensor, double, double);
 }  // namespace nnaqat

@@ -243,55 +243,63 @@ at::Tensor masked_divide(at::Tensor grad, at::Tensor divisor, int64_t inner, at:
   return out;
 }
 
-// NnaAddTanh through its pair tables: a, b (float32, same shape, contiguous) are quantized
-// (ops.quantize with their scales and zero points) and the op's output code read from
-// `value` ((2**bits)**2, indexed by (a_q - low) * 2**bits + (b_q - low)), then dequantized
-// with `out_scale` (zero point 0). Returns [out float32, pair int32, inside uint8: bit 0 a's
-// quantization did not clamp, bit 1 b's].
+// NnaAddTanh through its pair tables: a, b (float32, same shape) are quantized (ops.quantize
+// with their scales and zero points) and the op's output code read from `value` ((2**bits)**2,
+// indexed by (a_q - low) * 2**bits + (b_q - low); bits <= 8). Returns [codes float32, pair
+// uint16, inside uint8: bit 0 a's quantization did not clamp, bit 1 b's].
 std::vector<at::Tensor> pair_lookup(at::Tensor a, at::Tensor b, double a_scale, int64_t a_zero_point,
-                                       double b_scale, int64_t b_zero_point, int64_t bits, at::Tensor value,
-                                       double out_scale) {
+                                       double b_scale, int64_t b_zero_point, int64_t bits, at::Tensor value) {
   const auto ac = a.to(at::kFloat).contiguous(), bc = b.to(at::kFloat).contiguous();
   TORCH_CHECK(ac.sizes() == bc.sizes(), "pair_lookup: a and b must have the same shape");
+  TORCH_CHECK(bits >= 1 && bits <= 8, "pair_lookup: a pair index needs 2 * bits <= 16 bits, got bits = ", bits);
   const auto table = value.to(at::kFloat).contiguous();
   const int64_t codes = int64_t(1) << bits;
   TORCH_CHECK(table.numel() == codes * codes, "pair_lookup: the table must hold every pair of codes");
   auto out = at::empty_like(ac);
-  auto pair = at::empty(ac.sizes(), at::TensorOptions().dtype(at::kInt));
+  auto pair = at::empty(ac.sizes(), at::TensorOptions().dtype(at::kUInt16));
   auto inside = at::empty(ac.sizes(), at::TensorOptions().dtype(at::kByte));
   const float* ap = ac.data_ptr<float>();
   const float* bp = bc.data_ptr<float>();
   const float* tp = table.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  int32_t* pp = pair.data_ptr<int32_t>();
+  uint16_t* pp = pair.data_ptr<uint16_t>();
   uint8_t* ip = inside.data_ptr<uint8_t>();
-  const float sa = static_cast<float>(a_scale), sb = static_cast<float>(b_scale), so = static_cast<float>(out_scale);
+  const float sa = static_cast<float>(a_scale), sb = static_cast<float>(b_scale);
   const float low = low_of(bits), high = high_of(bits);
   const float a_zp = static_cast<float>(a_zero_point), b_zp = static_cast<float>(b_zero_point);
+  constexpr int64_t kBlock = 512;
   at::parallel_for(0, ac.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      bool a_in, b_in;
-      const int64_t a_q = static_cast<int64_t>(quantize(ap[i], sa, a_zp, low, high, &a_in));
-      const int64_t b_q = static_cast<int64_t>(quantize(bp[i], sb, b_zp, low, high, &b_in));
-      const int64_t index = (a_q - static_cast<int64_t>(low)) * codes + (b_q - static_cast<int64_t>(low));
-      pp[i] = static_cast<int32_t>(index);
-      ip[i] = static_cast<uint8_t>(a_in | (b_in << 1));
-      op[i] = tp[index] * so;
+    float a_raw[kBlock], b_raw[kBlock];
+    for (int64_t first = begin; first < end; first += kBlock) {
+      const int64_t count = std::min(kBlock, end - first);
+      for (int64_t i = 0; i < count; ++i) {  // vectorized
+        a_raw[i] = unclamped_code(ap[first + i], sa, a_zp);
+        b_raw[i] = unclamped_code(bp[first + i], sb, b_zp);
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        const float a_q = std::min(std::max(a_raw[i], low), high), b_q = std::min(std::max(b_raw[i], low), high);
+        const auto index = static_cast<uint16_t>(static_cast<int64_t>(a_q - low) * codes + static_cast<int64_t>(b_q - low));
+        pp[first + i] = index;
+        ip[first + i] = static_cast<uint8_t>((a_q == a_raw[i]) | ((b_q == b_raw[i]) << 1));
+        op[first + i] = tp[index];
+      }
     }
   });
   return {out, pair, inside};
 }
 
 // Gradients of pair_lookup: grad * grad_table[pair] * factor where that input did not clamp,
-// for a (grad_a table, a_factor = out_scale / a_scale) and b. Returns [grad_a, grad_b] float32.
+// for a (grad_a table, a_factor = 1 / a_scale) and b. Returns [grad_a, grad_b] float32.
 std::vector<at::Tensor> pair_lookup_backward(at::Tensor grad, at::Tensor pair, at::Tensor inside,
                                                 at::Tensor grad_a_table, at::Tensor grad_b_table,
                                                 double a_factor, double b_factor) {
   const auto g = grad.to(at::kFloat).contiguous();
   const auto ga_table = grad_a_table.to(at::kFloat).contiguous(), gb_table = grad_b_table.to(at::kFloat).contiguous();
+  TORCH_CHECK(pair.scalar_type() == at::kUInt16 && pair.numel() == g.numel() && inside.numel() == g.numel(),
+              "pair_lookup_backward: expects pair_lookup's pair and inside");
   auto grad_a = at::empty_like(g), grad_b = at::empty_like(g);
   const float* gp = g.data_ptr<float>();
-  const int32_t* pp = pair.data_ptr<int32_t>();
+  const uint16_t* pp = pair.data_ptr<uint16_t>();
   const uint8_t* ip = inside.data_ptr<uint8_t>();
   const float* gat = ga_table.data_ptr<float>();
   const float* gbt = gb_table.data_ptr<float>();

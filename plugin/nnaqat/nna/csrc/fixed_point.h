@@ -35,7 +35,8 @@ inline float float32_multiplier(int64_t m, int64_t s) {
 }
 
 // reference.requantize: acc * M0 * 2**(shift - 31), rounded by the mode (shift <= 22).
-inline int64_t requantize(int64_t acc, int64_t m, int64_t s, int64_t rounding) {
+// Always inlined: called per element, and a call would keep the rounding switch out of the loops.
+[[gnu::always_inline]] inline int64_t requantize(int64_t acc, int64_t m, int64_t s, int64_t rounding) {
   switch (rounding) {
     case kSingle: {
       const int64_t total = 31 - s;
@@ -77,10 +78,13 @@ inline double mul_rounded(double a, double b, double scale, int64_t rounding) {
   return std::floor(scaled + 0.5);
 }
 
-// ops.quantize: clamp(round_half_even(x / scale) + zero_point), all in float32 as ONNX
-// QuantizeLinear. Returns the code and sets `inside` (the clamp was inactive).
+// ops.quantize before its clamp: round_half_even(x / scale) + zero_point in float32, as ONNX
+// QuantizeLinear (float arithmetic only: loops of it vectorize).
+inline float unclamped_code(float x, float scale, float zero_point) { return std::rint(x / scale) + zero_point; }
+
+// ops.quantize: the clamped code; sets `inside` (the clamp was inactive).
 inline float quantize(float x, float scale, float zero_point, float low, float high, bool* inside) {
-  const float unclamped = std::rint(x / scale) + zero_point;
+  const float unclamped = unclamped_code(x, scale, zero_point);
   *inside = unclamped >= low && unclamped <= high;
   return std::min(std::max(unclamped, low), high);
 }
@@ -99,5 +103,25 @@ inline double overflow(double total, double low, double high, double span, bool 
   const double wrapped = std::fmod(total - low, span);
   return (wrapped < 0 ? wrapped + span : wrapped) + low;
 }
+
+// A table as nnaqat.nna.lut builds it, read as reference.lut_lookup reads it: 2**n + 1 int64
+// entries spanning the input codes from `input_low` in segments of 2**segment_bits codes,
+// linearly interpolated (rounding half up) or the nearest entry. A few hundred entries stay in
+// L1, where a table expanded to every 16-bit code would not stay in L2.
+struct Lut {
+  const int64_t* table;
+  int64_t entries, segment_bits, input_low;
+  bool interpolate;
+
+  int64_t operator()(int64_t code) const {
+    const int64_t position = code - input_low;
+    const int64_t half = (int64_t(1) << segment_bits) >> 1;
+    if (!interpolate) return table[floor_shift(position + half, segment_bits)];
+    const int64_t index = floor_shift(position, segment_bits);
+    const int64_t offset = position - (index << segment_bits);
+    const int64_t left = table[index], right = table[std::min(index + 1, entries - 1)];
+    return left + floor_shift((right - left) * offset + half, segment_bits);
+  }
+};
 
 }  // namespace nnaqat

@@ -23,19 +23,45 @@ namespace {
 
 constexpr double kFloat32Exact = 16777216.0;  // 2**24
 
+// Bits of the records' flags: where a saturation did not clip.
+enum GateFlag : uint8_t { kAccInside = 1, kGateInside = 2 };
+enum UnitFlag : uint8_t { kKeptInside = 1, kWrittenInside = 2, kCellInside = 4, kCellGateInside = 8, kHiddenInside = 16 };
+
+// The two gate tables of a layer.
+struct GateLuts {
+  Lut sigmoid, tanh;
+
+  static GateLuts from(const at::Tensor& sigmoid, const at::Tensor& tanh, int64_t gate_bits, int64_t segment_bits,
+                       bool interpolate) {
+    TORCH_CHECK(sigmoid.scalar_type() == at::kLong && tanh.scalar_type() == at::kLong && sigmoid.is_contiguous() &&
+                    tanh.is_contiguous(), "integer_lstm: tables must be contiguous int64");
+    TORCH_CHECK(sigmoid.numel() == tanh.numel() && ((sigmoid.numel() - 1) << segment_bits) == (int64_t(1) << gate_bits),
+                "integer_lstm: the tables' segments must span the gate codes");
+    const auto low = static_cast<int64_t>(low_of(gate_bits));
+    return {{sigmoid.data_ptr<int64_t>(), sigmoid.numel(), segment_bits, low, interpolate},
+            {tanh.data_ptr<int64_t>(), tanh.numel(), segment_bits, low, interpolate}};
+  }
+  // The step's table for gate j of 4H: sigmoid for i, f, o; tanh for g.
+  int64_t operator()(int64_t j, int64_t H, int64_t code) const {
+    return (j >= 2 * H && j < 3 * H) ? tanh(code) : sigmoid(code);
+  }
+};
+
 // The layer's integer constants (see NnaLstm in nnaqat/nna/lstm.py).
 struct Constants {
   int64_t h_zero_point, acc_bits, gate_bits, cell_bits, hidden_bits, m_out, shift_out, rounding;
   bool acc_saturate, zero_point_before_rounding;
+  int64_t lut_segment_bits;
+  bool lut_interpolate;
   double kept_scale;       // 2**-n_frac: f * c to the cell scale
   double written_scale;    // 2**-(2 n_frac - c_frac): i * g to the cell scale
   double cell_gate_scale;  // factor * 2**-shift: the cell to the gate format
 
   static Constants from(const std::vector<int64_t>& ints, const std::vector<double>& reals) {
-    TORCH_CHECK(ints.size() == 10 && reals.size() == 3, "integer_lstm: expected 10 integers and 3 reals");
+    TORCH_CHECK(ints.size() == 12 && reals.size() == 3, "integer_lstm: expected 12 integers and 3 reals");
     TORCH_CHECK(ints[7] >= 0 && ints[7] <= 3, "integer_lstm: unknown rounding ", ints[7]);
-    return {ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7],
-            ints[8] != 0, ints[9] != 0, reals[0], reals[1], reals[2]};
+    return {ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8] != 0, ints[9] != 0,
+            ints[10], ints[11] != 0, reals[0], reals[1], reals[2]};
   }
 };
 
@@ -45,14 +71,17 @@ struct Constants {
 //   from_input (N, T, 4H)  float32 gate-format codes of the input's contribution
 //   w_h (4H, H)            float32 recurrent weight codes;  h0, c0 (N, H) state codes
 //   m_h, shift_h (4H,)     int64 fixed-point multipliers of the recurrent accumulator
-//   sigmoid, tanh          float32 tables expanded to every gate code, (2**gate_bits,)
+//   sigmoid, tanh          the gate tables' int64 entries (nnaqat.nna.lut.Lut.table)
 //   ints  = [h_zero_point, acc_bits, gate_bits, cell_bits, hidden_bits, m_out, shift_out,
-//            rounding (0 single, 1 double, 2 tosa, 3 fp32_rne), acc_saturate, zero_point_before_rounding]
+//            rounding (0 single, 1 double, 2 tosa, 3 fp32_rne), acc_saturate, zero_point_before_rounding,
+//            lut_segment_bits, lut_interpolate]
 //   reals = [kept_scale, written_scale, cell_gate_scale]
 // Returns [y (N, T, H), h_T, c_T, ranges] with ranges (4,) float64: min and max of o * tanh(c)
 // (integer units) and of the unsaturated cell. With keep, then the records (T, N, ...) the
-// backward pass reads: h_prev, acc_inside, gates_inside, ifgo, c_prev, kept_inside,
-// written_inside, cell_inside, cell_gate, cell_gate_inside, squashed, h_inside, gates (masks bool).
+// backward pass reads: h_prev, c_prev, gates (the saturated gate codes), gate_flags (uint8,
+// kAccInside | kGateInside), cell_gate (the new cell in the gate format), unit_flags (uint8,
+// kKeptInside | ... | kHiddenInside). The tables' outputs are not kept: the backward pass
+// looks them up again (a few hundred entries, in L1), which halves the records' memory.
 std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::Tensor h0,
                                         at::Tensor c0, at::Tensor m_h, at::Tensor shift_h,
                                         at::Tensor sigmoid, at::Tensor tanh, std::vector<int64_t> ints,
@@ -64,10 +93,9 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
   TORCH_CHECK(G == 4 * H && w.size(0) == G && w.size(1) == H, "integer_lstm: weight ", w.sizes(),
               " does not match gates ", x.sizes());
   const auto mh = m_h.to(at::kLong).contiguous(), sh = shift_h.to(at::kLong).contiguous();
-  const auto sig = sigmoid.to(at::kFloat).contiguous(), tnh = tanh.to(at::kFloat).contiguous();
+  const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
   TORCH_CHECK(mh.numel() == G && sh.numel() == G, "integer_lstm: one multiplier per gate unit");
-  TORCH_CHECK(sig.numel() == (int64_t(1) << k.gate_bits) && tnh.numel() == sig.numel(),
-              "integer_lstm: tables must hold every gate code");
+  const GateLuts luts = GateLuts::from(sig, tnh, k.gate_bits, k.lut_segment_bits, k.lut_interpolate);
 
   const double acc_low = low_of(k.acc_bits), acc_high = high_of(k.acc_bits);
   const double wrap_span = std::ldexp(1.0, static_cast<int>(k.acc_bits));
@@ -83,26 +111,20 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
   const auto mm_options = at::TensorOptions().dtype(in_float32 ? at::kFloat : at::kDouble);
   const auto w_t = w.to(mm_options.dtype()).t().contiguous();  // (H, 4H)
 
-  const auto f32 = at::TensorOptions().dtype(at::kFloat), b8 = at::TensorOptions().dtype(at::kBool);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat), u8 = at::TensorOptions().dtype(at::kByte);
   auto y = at::empty({N, T, H}, f32);
   auto h = h0.to(at::kFloat).contiguous().clone(), c = c0.to(at::kFloat).contiguous().clone();
-  auto h_centered = at::empty({N, H}, mm_options);
-  auto acc = at::empty({N, G}, mm_options);
   const int64_t kept_steps = keep ? T : 0;
   auto records = std::vector<at::Tensor>{
-      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, G}, b8),   // h_prev, acc_inside
-      at::empty({kept_steps, N, G}, b8), at::empty({kept_steps, N, G}, f32),   // gates_inside, ifgo
-      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, b8),   // c_prev, kept_inside
-      at::empty({kept_steps, N, H}, b8), at::empty({kept_steps, N, H}, b8),    // written_inside, cell_inside
-      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, b8),   // cell_gate, cell_gate_inside
-      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, b8),   // squashed, h_inside
-      at::empty({kept_steps, N, G}, f32)};                                        // gates
-  // Scratch for the step when nothing is kept; otherwise the step writes straight into the records.
-  auto scratch = std::vector<at::Tensor>{
-      at::empty({N, H}, f32), at::empty({N, G}, b8), at::empty({N, G}, b8), at::empty({N, G}, f32),
-      at::empty({N, H}, f32), at::empty({N, H}, b8), at::empty({N, H}, b8), at::empty({N, H}, b8),
-      at::empty({N, H}, f32), at::empty({N, H}, b8), at::empty({N, H}, f32), at::empty({N, H}, b8),
-      at::empty({N, G}, f32)};
+      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, f32),  // h_prev, c_prev
+      at::empty({kept_steps, N, G}, f32), at::empty({kept_steps, N, G}, u8),   // gates, gate_flags
+      at::empty({kept_steps, N, H}, f32), at::empty({kept_steps, N, H}, u8)};  // cell_gate, unit_flags
+  // When nothing is kept, every step writes its records over one step's worth of scratch.
+  auto scratch = std::vector<at::Tensor>{};
+  if (!keep)
+    for (const auto& record : records) scratch.push_back(at::empty({N, record.size(2)}, record.options()));
+  const auto step_record = [&](size_t i) { return keep ? records[i] : scratch[i]; };
+  const int64_t step_stride_h = keep ? N * H : 0, step_stride_g = keep ? N * G : 0;
   // Per-sequence running minima and maxima of o * tanh(c) and of the unsaturated cell.
   std::vector<double> ranges_of(4 * N);
   for (int64_t n = 0; n < N; ++n) {
@@ -110,86 +132,98 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const float* xp = x.data_ptr<float>();
-  const int64_t* mhp = mh.data_ptr<int64_t>();
-  const int64_t* shp = sh.data_ptr<int64_t>();
-  const float* sigp = sig.data_ptr<float>();
-  const float* tanhp = tnh.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  float* hp = h.data_ptr<float>();
-  float* cp = c.data_ptr<float>();
+  const float* const xp = x.data_ptr<float>();
+  const int64_t* const m = mh.data_ptr<int64_t>();
+  const int64_t* const s = sh.data_ptr<int64_t>();
+  float* const yp = y.data_ptr<float>();
+  float* const hp = h.data_ptr<float>();
+  float* const cp = c.data_ptr<float>();
+  float* const h_prev0 = step_record(0).data_ptr<float>();
+  float* const c_prev0 = step_record(1).data_ptr<float>();
+  float* const gates0 = step_record(2).data_ptr<float>();
+  uint8_t* const gate_flags0 = step_record(3).data_ptr<uint8_t>();
+  float* const cell_gate0 = step_record(4).data_ptr<float>();
+  uint8_t* const unit_flags0 = step_record(5).data_ptr<uint8_t>();
 
-  for (int64_t t = 0; t < T; ++t) {
-    std::vector<at::Tensor> r(13);
-    for (size_t i = 0; i < r.size(); ++i) r[i] = keep ? records[i][t] : scratch[i];
-    r[0].copy_(h);
-    r[4].copy_(c);
-    h_centered.copy_(h);
-    h_centered.sub_(static_cast<double>(k.h_zero_point));
-    at::mm_out(acc, h_centered, w_t);
-    const float* acc32 = in_float32 ? acc.data_ptr<float>() : nullptr;
-    const double* acc64 = in_float32 ? nullptr : acc.data_ptr<double>();
-    bool* acc_in = r[1].data_ptr<bool>();
-    bool* gate_in = r[2].data_ptr<bool>();
-    float* ifgo = r[3].data_ptr<float>();
-    const float* c_prev = r[4].data_ptr<float>();
-    bool* kept_in = r[5].data_ptr<bool>();
-    bool* written_in = r[6].data_ptr<bool>();
-    bool* cell_in = r[7].data_ptr<bool>();
-    float* cell_gate = r[8].data_ptr<float>();
-    bool* cell_gate_in = r[9].data_ptr<bool>();
-    float* squashed = r[10].data_ptr<float>();
-    bool* h_in = r[11].data_ptr<bool>();
-    float* gates = r[12].data_ptr<float>();
-
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  // Sequences are independent: each thread takes its share of the batch through every step with
+  // a matmul of its own rows, so the steps need no synchronisation between threads.
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    const Constants c_k = k;  // locals: the byte stores below may alias anything captured
+    const GateLuts lut = luts;
+    const int64_t rows = end - begin;
+    auto h_centered = at::empty({rows, H}, mm_options);
+    auto acc = at::empty({rows, G}, mm_options);
+    std::vector<double> ifgo(G);  // one sequence's i, f, g, o
+    for (int64_t t = 0; t < T; ++t) {
+      float* const h_prev = h_prev0 + t * step_stride_h;
+      float* const c_prev = c_prev0 + t * step_stride_h;
+      std::copy(hp + begin * H, hp + end * H, h_prev + begin * H);
+      std::copy(cp + begin * H, cp + end * H, c_prev + begin * H);
+      if (in_float32) {
+        float* centered = h_centered.data_ptr<float>();
+        for (int64_t i = 0; i < rows * H; ++i) centered[i] = hp[begin * H + i] - static_cast<float>(c_k.h_zero_point);
+      } else {
+        double* centered = h_centered.data_ptr<double>();
+        for (int64_t i = 0; i < rows * H; ++i) centered[i] = hp[begin * H + i] - static_cast<double>(c_k.h_zero_point);
+      }
+      at::mm_out(acc, h_centered, w_t);
+      const float* const a32 = in_float32 ? acc.data_ptr<float>() : nullptr;
+      const double* const a64 = in_float32 ? nullptr : acc.data_ptr<double>();
+      float* const gates = gates0 + t * step_stride_g;
+      uint8_t* const gate_flags = gate_flags0 + t * step_stride_g;
+      float* const cell_gate = cell_gate0 + t * step_stride_h;
+      uint8_t* const unit_flags = unit_flags0 + t * step_stride_h;
       for (int64_t n = begin; n < end; ++n) {
         // Gates: the accumulator (saturated or wrapped), requantized, plus the input's part,
         // saturated; then the tables.
         const float* from_x = xp + (n * T + t) * G;
+        const int64_t acc_row = (n - begin) * G;
         for (int64_t j = 0; j < G; ++j) {
           const int64_t at = n * G + j;
-          const double total = overflow(in_float32 ? static_cast<double>(acc32[at]) : acc64[at], acc_low, acc_high,
-                                        wrap_span, k.acc_saturate, &acc_in[at]);
+          bool acc_in, gate_in;
+          const double total = overflow(a32 ? static_cast<double>(a32[acc_row + j]) : a64[acc_row + j], acc_low,
+                                        acc_high, wrap_span, c_k.acc_saturate, &acc_in);
           const int64_t pre =
-              static_cast<int64_t>(from_x[j]) + requantize(static_cast<int64_t>(total), mhp[j], shp[j], k.rounding);
-          const double gate = saturate(static_cast<double>(pre), gate_low, gate_high, &gate_in[at]);
+              static_cast<int64_t>(from_x[j]) + requantize(static_cast<int64_t>(total), m[j], s[j], c_k.rounding);
+          const double gate = saturate(static_cast<double>(pre), gate_low, gate_high, &gate_in);
           gates[at] = static_cast<float>(gate);
-          const int64_t position = static_cast<int64_t>(gate - gate_low);
-          ifgo[at] = (j >= 2 * H && j < 3 * H) ? tanhp[position] : sigp[position];
+          gate_flags[at] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0));
+          ifgo[j] = static_cast<double>(lut(j, H, static_cast<int64_t>(gate)));
         }
         // The cell and the hidden state, unit by unit.
         double* range = ranges_of.data() + 4 * n;
-        const float* v = ifgo + n * G;
         for (int64_t u = 0; u < H; ++u) {
           const int64_t at = n * H + u;
-          const double i = v[u], f = v[H + u], g = v[2 * H + u], o = v[3 * H + u];
+          const double i = ifgo[u], f = ifgo[H + u], g = ifgo[2 * H + u], o = ifgo[3 * H + u];
+          bool kept_in, written_in, cell_in, cell_gate_in, h_in;
           const double kept =
-              saturate(mul_rounded(f, c_prev[at], k.kept_scale, k.rounding), cell_low, cell_high, &kept_in[at]);
+              saturate(mul_rounded(f, c_prev[at], c_k.kept_scale, c_k.rounding), cell_low, cell_high, &kept_in);
           const double written =
-              saturate(mul_rounded(i, g, k.written_scale, k.rounding), cell_low, cell_high, &written_in[at]);
+              saturate(mul_rounded(i, g, c_k.written_scale, c_k.rounding), cell_low, cell_high, &written_in);
           const double unsaturated = kept + written;
           range[2] = std::min(range[2], unsaturated);
           range[3] = std::max(range[3], unsaturated);
-          const double c_new = saturate(unsaturated, cell_low, cell_high, &cell_in[at]);
-          const double in_gate_format = saturate(mul_rounded(c_new, 1.0, k.cell_gate_scale, k.rounding), gate_low,
-                                                 gate_high, &cell_gate_in[at]);
-          const double tanh_c = tanhp[static_cast<int64_t>(in_gate_format - gate_low)];
+          const double c_new = saturate(unsaturated, cell_low, cell_high, &cell_in);
+          const double in_gate_format = saturate(mul_rounded(c_new, 1.0, c_k.cell_gate_scale, c_k.rounding), gate_low,
+                                                 gate_high, &cell_gate_in);
+          const auto tanh_c = static_cast<double>(lut.tanh(static_cast<int64_t>(in_gate_format)));
           const double product = o * tanh_c;  // < 2**30: exact
           range[0] = std::min(range[0], product);
           range[1] = std::max(range[1], product);
-          const int64_t code = requantized_code(static_cast<int64_t>(product), k.m_out, k.shift_out, k.h_zero_point,
-                                                k.rounding, k.zero_point_before_rounding);
-          const double h_new = saturate(static_cast<double>(code), hidden_low, hidden_high, &h_in[at]);
+          const int64_t code = requantized_code(static_cast<int64_t>(product), c_k.m_out, c_k.shift_out,
+                                                c_k.h_zero_point, c_k.rounding, c_k.zero_point_before_rounding);
+          const double h_new = saturate(static_cast<double>(code), hidden_low, hidden_high, &h_in);
           cell_gate[at] = static_cast<float>(in_gate_format);
-          squashed[at] = static_cast<float>(tanh_c);
+          unit_flags[at] = static_cast<uint8_t>((kept_in ? kKeptInside : 0) | (written_in ? kWrittenInside : 0) |
+                                                (cell_in ? kCellInside : 0) | (cell_gate_in ? kCellGateInside : 0) |
+                                                (h_in ? kHiddenInside : 0));
           cp[at] = static_cast<float>(c_new);
           hp[at] = static_cast<float>(h_new);
           yp[(n * T + t) * H + u] = static_cast<float>(h_new);
         }
       }
-    });
-  }
+    }
+  });
   double product_min = std::numeric_limits<double>::infinity(), product_max = -product_min;
   double cell_min = product_min, cell_max = product_max;
   for (int64_t n = 0; n < N; ++n) {
@@ -209,70 +243,88 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
 // Backward recurrence: the chain rule of the operators' straight-through estimators, step by
 // step from the last (see _Recurrence in nnaqat/nna/lstm.py).
 //   grad_y (N, T, H) or an empty tensor; grad_h, grad_c (N, H) float32
-//   records as lstm_forward returns them; slopes (T, N, 4H): the tables' derivatives times
-//   gates_inside; squash_slope (T, N, H): tanh's derivative at the cell times the
-//   cell-to-gate scale and cell_gate_inside
-//   w_h (4H, H); r_h (4H,) the recurrent real multipliers; reals = [r_out, kept_scale, written_scale]
-// Returns [grad_gates (T, N, 4H), grad_acc (T, N, 4H), dh (N, H), dc (N, H)].
+//   records as lstm_forward returns them; sigmoid, tanh: the gate tables' int64 entries;
+//   sigmoid_slope, tanh_slope: the tables' derivatives at every gate code, (2**gate_bits,) float32
+//   w_h (4H, H); r_h (4H,) the recurrent real multipliers
+//   ints = [gate_bits, lut_segment_bits, lut_interpolate]
+//   reals = [r_out, kept_scale, written_scale, cell_gate_scale]
+// Returns [grad_gates (N, T, 4H), grad_acc (T, N, 4H), dh (N, H), dc (N, H)]: the gates'
+// gradient in the layout of lstm_forward's from_input, the accumulator's in step order.
 std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::Tensor grad_c,
-                                         std::vector<at::Tensor> records, at::Tensor slopes,
-                                         at::Tensor squash_slope, at::Tensor w_h, at::Tensor r_h,
-                                         std::vector<double> reals) {
-  TORCH_CHECK(records.size() == 13 && reals.size() == 3, "integer_lstm: backward expects 13 records and 3 reals");
-  const int64_t T = records[4].size(0), N = records[4].size(1), H = records[4].size(2), G = 4 * H;
+                                         std::vector<at::Tensor> records, at::Tensor sigmoid, at::Tensor tanh,
+                                         at::Tensor sigmoid_slope, at::Tensor tanh_slope, at::Tensor w_h,
+                                         at::Tensor r_h, std::vector<int64_t> ints, std::vector<double> reals) {
+  TORCH_CHECK(records.size() == 6 && ints.size() == 3 && reals.size() == 4,
+              "integer_lstm: backward expects 6 records, 3 integers and 4 reals");
+  const int64_t T = records[0].size(0), N = records[0].size(1), H = records[0].size(2), G = 4 * H;
   const float r_out = static_cast<float>(reals[0]), kept_scale = static_cast<float>(reals[1]),
-              written_scale = static_cast<float>(reals[2]);
+              written_scale = static_cast<float>(reals[2]), cell_gate_scale = static_cast<float>(reals[3]);
   const bool has_grad_y = grad_y.numel() > 0;
   const auto gy = has_grad_y ? grad_y.to(at::kFloat).contiguous() : grad_y;
   for (auto& record : records) record = record.contiguous();
-  const auto slope = slopes.to(at::kFloat).contiguous(), sq_slope = squash_slope.to(at::kFloat).contiguous();
+  const int64_t gate_bits = ints[0];
+  const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
+  const GateLuts luts = GateLuts::from(sig, tnh, gate_bits, ints[1], ints[2] != 0);
+  const auto sig_slope = sigmoid_slope.to(at::kFloat).contiguous(), tanh_sl = tanh_slope.to(at::kFloat).contiguous();
+  TORCH_CHECK(sig_slope.numel() == (int64_t(1) << gate_bits) && tanh_sl.numel() == sig_slope.numel(),
+              "integer_lstm: slope tables must hold every gate code");
+  // A table's derivative at a gate code: sigmoid's for i, f, o and tanh's for g.
+  const auto gate_low = static_cast<int64_t>(low_of(gate_bits));
+  const float* sigmoid_at = sig_slope.data_ptr<float>() - gate_low;
+  const float* tanh_at = tanh_sl.data_ptr<float>() - gate_low;
   const auto w = w_h.to(at::kFloat).contiguous();
   const auto rh = r_h.to(at::kFloat).contiguous();
 
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  auto grad_gates = at::empty({T, N, G}, f32), grad_acc = at::empty({T, N, G}, f32);
+  auto grad_gates = at::empty({N, T, G}, f32), grad_acc = at::empty({T, N, G}, f32);
   auto dh = grad_h.to(at::kFloat).contiguous().clone(), dc = grad_c.to(at::kFloat).contiguous().clone();
   float* dhp = dh.data_ptr<float>();
   float* dcp = dc.data_ptr<float>();
   const float* rhp = rh.data_ptr<float>();
   const float* gyp = has_grad_y ? gy.data_ptr<float>() : nullptr;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const bool* acc_in = records[1].data_ptr<bool>() + t * N * G;
-    const float* ifgo = records[3].data_ptr<float>() + t * N * G;
-    const float* c_prev = records[4].data_ptr<float>() + t * N * H;
-    const bool* kept_in = records[5].data_ptr<bool>() + t * N * H;
-    const bool* written_in = records[6].data_ptr<bool>() + t * N * H;
-    const bool* cell_in = records[7].data_ptr<bool>() + t * N * H;
-    const float* squashed = records[10].data_ptr<float>() + t * N * H;
-    const bool* h_in = records[11].data_ptr<bool>() + t * N * H;
-    const float* sl = slope.data_ptr<float>() + t * N * G;
-    const float* sqs = sq_slope.data_ptr<float>() + t * N * H;
-    float* gg = grad_gates.data_ptr<float>() + t * N * G;
-    float* ga = grad_acc.data_ptr<float>() + t * N * G;
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  // As in the forward pass, each thread takes its share of the batch through every step.
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    const GateLuts lut = luts;
+    auto dh_rows = dh.narrow(0, begin, end - begin);  // contiguous: the matmul writes into dh
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* c_prev = records[1].data_ptr<float>() + t * N * H;
+      const float* gates = records[2].data_ptr<float>() + t * N * G;
+      const uint8_t* gate_flags = records[3].data_ptr<uint8_t>() + t * N * G;
+      const float* cell_gate = records[4].data_ptr<float>() + t * N * H;
+      const uint8_t* unit_flags = records[5].data_ptr<uint8_t>() + t * N * H;
+      float* ga = grad_acc.data_ptr<float>() + t * N * G;
       for (int64_t n = begin; n < end; ++n) {
-        const float* v = ifgo + n * G;
         const int64_t base = n * G;
+        float* gg = grad_gates.data_ptr<float>() + (n * T + t) * G;
+        // The tables' outputs and slopes at this step's gate codes (slopes zero where the gate saturated).
+        const auto value = [&](int64_t j) { return static_cast<float>(lut(j, H, static_cast<int64_t>(gates[base + j]))); };
+        const auto slope = [&](int64_t j, const float* table) {
+          return (gate_flags[base + j] & kGateInside) ? table[static_cast<int64_t>(gates[base + j])] : 0.0f;
+        };
         for (int64_t u = 0; u < H; ++u) {
           const int64_t at = n * H + u;
+          const uint8_t flags = unit_flags[at];
           const float d_h = dhp[at] + (gyp ? gyp[(n * T + t) * H + u] : 0.0f);
-          const float i = v[u], f = v[H + u], g = v[2 * H + u], o = v[3 * H + u];
-          const float d_product = h_in[at] ? d_h * r_out : 0.0f;
-          const float d_o = d_product * squashed[at];
-          const float d_c = cell_in[at] ? dcp[at] + d_product * o * sqs[at] : 0.0f;
-          const float d_kept = kept_in[at] ? d_c * kept_scale : 0.0f;
-          const float d_written = written_in[at] ? d_c * written_scale : 0.0f;
-          gg[base + u] = d_written * g * sl[base + u];
-          gg[base + H + u] = d_kept * c_prev[at] * sl[base + H + u];
-          gg[base + 2 * H + u] = d_written * i * sl[base + 2 * H + u];
-          gg[base + 3 * H + u] = d_o * sl[base + 3 * H + u];
+          const float i = value(u), f = value(H + u), g = value(2 * H + u), o = value(3 * H + u);
+          const auto cell_code = static_cast<int64_t>(cell_gate[at]);
+          const auto squashed = static_cast<float>(lut.tanh(cell_code));
+          const float d_product = (flags & kHiddenInside) ? d_h * r_out : 0.0f;
+          const float d_o = d_product * squashed;
+          const float squash_slope = (flags & kCellGateInside) ? tanh_at[cell_code] * cell_gate_scale : 0.0f;
+          const float d_c = (flags & kCellInside) ? dcp[at] + d_product * o * squash_slope : 0.0f;
+          const float d_kept = (flags & kKeptInside) ? d_c * kept_scale : 0.0f;
+          const float d_written = (flags & kWrittenInside) ? d_c * written_scale : 0.0f;
+          gg[u] = d_written * g * slope(u, sigmoid_at);
+          gg[H + u] = d_kept * c_prev[at] * slope(H + u, sigmoid_at);
+          gg[2 * H + u] = d_written * i * slope(2 * H + u, tanh_at);
+          gg[3 * H + u] = d_o * slope(3 * H + u, sigmoid_at);
           dcp[at] = d_kept * f;
         }
-        for (int64_t j = 0; j < G; ++j) ga[base + j] = acc_in[base + j] ? gg[base + j] * rhp[j] : 0.0f;
+        for (int64_t j = 0; j < G; ++j) ga[base + j] = (gate_flags[base + j] & kAccInside) ? gg[j] * rhp[j] : 0.0f;
       }
-    });
-    at::mm_out(dh, grad_acc[t], w);  // (N, 4H) @ (4H, H)
-  }
+      at::mm_out(dh_rows, grad_acc[t].narrow(0, begin, end - begin), w);  // (rows, 4H) @ (4H, H)
+    }
+  });
   return {grad_gates, grad_acc, dh, dc};
 }
 
