@@ -176,12 +176,13 @@ class NnaLstm(nn.Module):
         return (1.0, c_frac - gate_frac) if c_frac >= gate_frac else (2.0 ** (gate_frac - c_frac), 0)
 
     def recurrence(
-        self, k: _Integers, from_input: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: bool = False
+        self, k: _Integers, x_q: torch.Tensor, h: torch.Tensor, c: torch.Tensor, keep: bool = False
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[_Records]]:
-        """The integer recurrence (compiled, ``csrc/lstm.cpp``), no gradient:
-        ``from_input (N, T, 4H)`` gate codes, state codes ``(N, H)`` -> ``(y (N, T, H), h_T,
-        c_T, records)``, the records for the backward pass if ``keep``. Observes the hidden and
-        cell ranges in training (used from the next call on)."""
+        """The integer layer (compiled, ``csrc/lstm.cpp``), no gradient: ``x_q (N, T, K)`` input
+        codes, state codes ``(N, H)`` -> ``(y (N, T, H), h_T, c_T, records)``, the records for
+        the backward pass if ``keep``. The input's matmul runs for all steps at once (it does not
+        depend on the state); its requantization to gate codes runs inside each step. Observes
+        the hidden and cell ranges in training (used from the next call on)."""
         spec, lstm = self.spec, self.spec.lstm
         rounding, order = spec.requantization.rounding, spec.requantization.zero_point
         n_frac, c_frac = lstm.nonlinearity.frac_bits, k.cell_frac_bits
@@ -192,15 +193,19 @@ class NnaLstm(nn.Module):
             order == "before_rounding", self.luts.sigmoid.segment_bits, self.luts.sigmoid.interpolate,
         ]  # fmt: skip
         reals = [2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac), factor * 2.0**-shift]
+        gates = k.w_x.size(0)
+        x_max_abs = 2.0 ** (spec.activations.bits - 1)  # activation codes
         with torch.no_grad():
+            product, offset = ops.product_and_offset(x_q, k.w_x, k.x_zero_point, k.bias, x_max_abs)
             y, h, c, ranges, *records = _kernels.lstm_forward(
-                from_input, k.w_h, h, c, k.m_h, k.shift_h, ops.lut_entries(self.luts.sigmoid),
-                ops.lut_entries(self.luts.tanh), ints, reals, keep,
+                product, offset, torch.broadcast_to(k.m_x, (gates,)), torch.broadcast_to(k.shift_x, (gates,)), k.w_h,
+                h, c, k.m_h, k.shift_h, ops.lut_entries(self.luts.sigmoid), ops.lut_entries(self.luts.tanh), ints,
+                reals, keep,
             )  # fmt: skip
-            if self.training and from_input.size(1):
+            if self.training and x_q.size(1):
                 self.hidden_observer.observe(ranges[:2] * 2.0 ** (-2 * n_frac))
                 self.cell_observer.observe(ranges[2:] * 2.0**-c_frac)
-        return y, h, c, _Records(*records) if keep and from_input.size(1) else None
+        return y, h, c, _Records(*records) if keep and x_q.size(1) else None
 
     def forward_integers(
         self, x_q: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]
@@ -209,20 +214,12 @@ class NnaLstm(nn.Module):
         ``(N, H)`` -> ``(y (N, T, H), (h_T, c_T))`` codes, integer-valued float32, with
         straight-through gradients (:class:`_Recurrence`). Observes the hidden and cell ranges
         in training (used from the next call on)."""
-        spec, acc = self.spec, self.spec.accumulator
-        rounding, order = spec.requantization.rounding, spec.requantization.zero_point
         k = self._integers()
-        # The input contributions of all steps at once: they do not depend on the state.
-        x_max_abs = 2.0 ** (spec.activations.bits - 1)  # activation codes
-        from_input = ops.linear_codes(
-            x_q, k.w_x, k.bias, k.x_zero_point, acc.bits, acc.overflow, k.m_x, k.shift_x, 0, spec.lstm.gate.bits,
-            rounding, order, x_max_abs,
-        )  # fmt: skip
         h, c = state
-        if ops.needs_grad(from_input, k.w_h, h, c):
-            y, h, c = _Recurrence.apply(self, k, from_input, k.w_h, h, c)
+        if ops.needs_grad(x_q, k.w_x, k.bias, k.w_h, h, c):
+            y, h, c = _Recurrence.apply(self, k, x_q, k.w_x, k.bias, k.w_h, h, c)
         else:
-            y, h, c, _ = self.recurrence(k, from_input, h, c)
+            y, h, c, _ = self.recurrence(k, x_q, h, c)
         return y, (h, c)
 
     # ---- float interface ----
@@ -265,7 +262,8 @@ class NnaLstm(nn.Module):
 
 
 class _Recurrence(torch.autograd.Function):
-    """The integer recurrence with the straight-through gradients of ``ops`` written out by hand.
+    """The integer layer (input gates and recurrence) with the straight-through gradients of
+    ``ops`` written out by hand.
 
     Autograd through the step's dozen operators costs several times the integer step itself;
     here the forward pass keeps what each step saturated and the backward pass runs the chain
@@ -276,34 +274,42 @@ class _Recurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, layer: NnaLstm, k: _Integers, from_input, w_h, h0, c0):  # type: ignore[override]
-        y, h, c, records = layer.recurrence(k, from_input.detach(), h0.detach(), c0.detach(), keep=True)
+    def forward(ctx, layer: NnaLstm, k: _Integers, x_q, w_x, bias, w_h, h0, c0):  # type: ignore[override]
+        y, h, c, records = layer.recurrence(k, x_q.detach(), h0.detach(), c0.detach(), keep=True)
         ctx.layer, ctx.k = layer, k
         ctx.records = records
-        ctx.save_for_backward(w_h)
+        ctx.save_for_backward(x_q, w_x, w_h)
         return y, h, c
 
     @staticmethod
     def backward(ctx, grad_y, grad_h, grad_c):  # type: ignore[override]
-        (w_h,) = ctx.saved_tensors
+        x_q, w_x, w_h = ctx.saved_tensors
         layer, k, r = ctx.layer, ctx.k, ctx.records
         if r is None:  # an empty sequence
-            return None, None, torch.zeros(grad_y.shape[:2] + (w_h.size(0),)), torch.zeros_like(w_h), grad_h, grad_c
+            zero_bias = None if k.bias is None else torch.zeros_like(k.bias)
+            return (None, None, torch.zeros_like(x_q), torch.zeros_like(w_x), zero_bias, torch.zeros_like(w_h),
+                    grad_h, grad_c)  # fmt: skip
         spec = layer.spec
         n_frac, c_frac = spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
         factor, shift = layer._cell_to_gate_format(c_frac)
         sigmoid_lut, tanh_lut = layer.luts
         state_shape = r.c_prev[0].shape
-        grad_gates, grad_acc, dh, dc = _kernels.lstm_backward(
+        gates = w_h.size(0)
+        grad_product, grad_acc, dh, dc = _kernels.lstm_backward(
             torch.empty(0) if grad_y is None else grad_y,
             torch.zeros(state_shape) if grad_h is None else grad_h,
             torch.zeros(state_shape) if grad_c is None else grad_c,
             list(r), ops.lut_entries(sigmoid_lut), ops.lut_entries(tanh_lut), ops.expanded_derivative(sigmoid_lut),
-            ops.expanded_derivative(tanh_lut), w_h.detach(), ops.real_multiplier(k.m_h, k.shift_h).float(),
+            ops.expanded_derivative(tanh_lut), w_h.detach(),
+            torch.broadcast_to(ops.real_multiplier(k.m_x, k.shift_x), (gates,)),
+            ops.real_multiplier(k.m_h, k.shift_h).float(),
             [spec.lstm.gate.bits, sigmoid_lut.segment_bits, sigmoid_lut.interpolate],
             [float(ops.real_multiplier(k.m_out, k.shift_out)), 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac),
              factor * 2.0**-shift],
         )  # fmt: skip
+        grad_x, grad_w_x, grad_bias = ops.matmul_grads(
+            grad_product, x_q, w_x, k.x_zero_point, ctx.needs_input_grad[2:5]
+        )  # fmt: skip
         # The recurrent weight's gradient, all steps in one matmul: sum_t d_acc_t^T (h_{t-1} - z_h).
-        grad_w = grad_acc.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
-        return None, None, grad_gates, grad_w, dh, dc
+        grad_w_h = grad_acc.flatten(0, 1).T @ (r.h_prev - k.h_zero_point).flatten(0, 1)
+        return None, None, grad_x, grad_w_x, grad_bias, grad_w_h, dh, dc

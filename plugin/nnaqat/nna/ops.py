@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -165,26 +165,36 @@ def exact_linear(
 
 
 @torch.no_grad()
-def _product_and_offset(x, weight, x_zero_point, bias, x_max_abs) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The exact matmul of the raw codes and what the accumulator adds per output:
-    ``bias - x_zero_point * sum(weight)`` (float64, exact)."""
+def product_and_offset(
+    x: torch.Tensor, weight: torch.Tensor, x_zero_point: int, bias: Optional[torch.Tensor], x_max_abs: Optional[float]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An integer linear layer's accumulator in two parts, no gradient: the exact matmul of the
+    raw codes ``x (..., K) @ weight (N, K).T`` (:func:`exact_linear`) and what the accumulator
+    adds per output, ``bias - x_zero_point * sum(weight)`` ``(N,)`` (float64, exact)."""
     offset = -float(x_zero_point) * weight.double().sum(1)
     if bias is not None:
         offset = offset + bias.double()
     return exact_linear(x, weight, x_max_abs=x_max_abs), offset
 
 
-def _matmul_grads(ctx, grad32: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-    """Gradients of ``x``, ``weight`` and ``bias`` (``ctx.needs_input_grad[:3]``) of an integer
-    linear layer from the accumulator's float32 gradient ``(..., N)``."""
+def _matmul_grads_of(ctx, grad32: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """:func:`matmul_grads` of a function that saved ``(x, weight, ...)`` and ``ctx.x_zero_point``."""
     x, weight = ctx.saved_tensors[:2]
-    grad_x = grad32 @ weight.float() if ctx.needs_input_grad[0] else None
+    return matmul_grads(grad32, x, weight, ctx.x_zero_point, ctx.needs_input_grad[:3])
+
+
+def matmul_grads(
+    grad32: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, x_zero_point: int, needs: Sequence[bool]
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of ``x (..., K)``, ``weight (N, K)`` and the bias (those ``needs`` asks for) of an
+    integer linear layer from its accumulator's float32 gradient ``grad32 (..., N)``."""
+    grad_x = grad32 @ weight.float() if needs[0] else None
     grad_w = None
-    if ctx.needs_input_grad[1]:
+    if needs[1]:
         rows = grad32.reshape(-1, grad32.size(-1))
-        grad_w = rows.T @ (x.float() - ctx.x_zero_point).reshape(rows.size(0), -1)
+        grad_w = rows.T @ (x.float() - x_zero_point).reshape(rows.size(0), -1)
     grad_bias = None
-    if ctx.needs_input_grad[2]:
+    if needs[2]:
         # Summed in float32: a float64 copy of the whole gradient would cost more than the sum.
         grad_bias = grad32.reshape(-1, grad32.size(-1)).sum(0).double()
     return grad_x, grad_w, grad_bias
@@ -197,7 +207,7 @@ class _Accumulate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, x_zero_point, acc_bits, saturate, x_max_abs):  # type: ignore[override]
         acc, inside = _kernels.accumulate_epilogue(
-            *_product_and_offset(x, weight, x_zero_point, bias, x_max_abs), acc_bits, saturate
+            *product_and_offset(x, weight, x_zero_point, bias, x_max_abs), acc_bits, saturate
         )
         ctx.save_for_backward(x, weight, inside)
         ctx.x_zero_point = x_zero_point
@@ -206,7 +216,7 @@ class _Accumulate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         inside = ctx.saved_tensors[2]  # all True when wrapping
-        return *_matmul_grads(ctx, grad.masked_fill(~inside, 0.0).float()), None, None, None, None
+        return *_matmul_grads_of(ctx, grad.masked_fill(~inside, 0.0).float()), None, None, None, None
 
 
 def accumulate(
@@ -230,7 +240,7 @@ def accumulate(
     args = (bias, int(x_zero_point), acc_bits, overflow == "saturate", x_max_abs)
     if needs_grad(x, weight, bias):
         return _Accumulate.apply(x, weight, *args)
-    product, offset = _product_and_offset(x, weight, int(x_zero_point), bias, x_max_abs)
+    product, offset = product_and_offset(x, weight, int(x_zero_point), bias, x_max_abs)
     return _kernels.accumulate_epilogue(product, offset, acc_bits, overflow == "saturate")[0]
 
 
@@ -240,7 +250,7 @@ class _LinearCodes(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, x_zero_point, x_max_abs, acc_args, out_args):  # type: ignore[override]
-        product, offset = _product_and_offset(x, weight, x_zero_point, bias, x_max_abs)
+        product, offset = product_and_offset(x, weight, x_zero_point, bias, x_max_abs)
         codes, inside = _kernels.linear_codes(product, offset, *acc_args, *out_args)
         multiplier, shift = out_args[:2]
         ctx.save_for_backward(x, weight, inside, real_multiplier(multiplier, shift))
@@ -250,7 +260,7 @@ class _LinearCodes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         inside, reals = ctx.saved_tensors[2:]
-        return *_matmul_grads(ctx, _kernels.linear_codes_backward(grad, inside, reals)), None, None, None, None
+        return *_matmul_grads_of(ctx, _kernels.linear_codes_backward(grad, inside, reals)), None, None, None, None
 
 
 def linear_codes(
@@ -286,7 +296,7 @@ def linear_codes(
     out_args = (multiplier, shift, int(zero_point), out_bits, ROUNDINGS.index(rounding), zero_point_order == "before_rounding")
     if needs_grad(x, weight, bias):
         return _LinearCodes.apply(x, weight, bias, int(x_zero_point), x_max_abs, acc_args, out_args)
-    product, offset = _product_and_offset(x, weight, int(x_zero_point), bias, x_max_abs)
+    product, offset = product_and_offset(x, weight, int(x_zero_point), bias, x_max_abs)
     return _kernels.linear_codes(product, offset, *acc_args, *out_args)[0]
 
 
@@ -566,10 +576,12 @@ __all__ = [
     "expanded_derivative",
     "expanded_table",
     "lut_entries",
+    "matmul_grads",
     "fake_quantize",
     "lut_derivative",
     "linear_codes",
     "lut_lookup",
+    "product_and_offset",
     "mul",
     "mul_rounded",
     "quantize",

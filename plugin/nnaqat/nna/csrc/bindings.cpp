@@ -6,11 +6,11 @@
 
 namespace nnaqat {
 std::vector<torch::Tensor> lstm_forward(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                        torch::Tensor, torch::Tensor, torch::Tensor, std::vector<int64_t>,
-                                        std::vector<double>, bool);
+                                        torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                                        torch::Tensor, std::vector<int64_t>, std::vector<double>, bool);
 std::vector<torch::Tensor> lstm_backward(torch::Tensor, torch::Tensor, torch::Tensor, std::vector<torch::Tensor>,
                                          torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                                         torch::Tensor, std::vector<int64_t>, std::vector<double>);
+                                         torch::Tensor, torch::Tensor, std::vector<int64_t>, std::vector<double>);
 std::vector<torch::Tensor> quantize_codes(torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t);
 std::vector<torch::Tensor> requantize_codes(torch::Tensor, torch::Tensor, torch::Tensor, int64_t, int64_t, int64_t,
                                             int64_t, bool);

@@ -24,7 +24,7 @@ namespace {
 constexpr double kFloat32Exact = 16777216.0;  // 2**24
 
 // Bits of the records' flags: where a saturation did not clip.
-enum GateFlag : uint8_t { kAccInside = 1, kGateInside = 2 };
+enum GateFlag : uint8_t { kAccInside = 1, kGateInside = 2, kInputAccInside = 4, kInputInside = 8 };
 enum UnitFlag : uint8_t { kKeptInside = 1, kWrittenInside = 2, kCellInside = 4, kCellGateInside = 8, kHiddenInside = 16 };
 
 // The two gate tables of a layer.
@@ -68,7 +68,11 @@ struct Constants {
 }  // namespace
 
 // Forward recurrence, no gradient.
-//   from_input (N, T, 4H)  float32 gate-format codes of the input's contribution
+//   product (N, T, 4H)     the input's matmul on the raw codes, x_q @ w_x.T (float32 or float64,
+//                          exact; ops.product_and_offset), and offset (4H,) float64 what the
+//                          accumulator adds: the input gates are ops.linear_codes of these
+//                          (accumulate, requantize by m_x, shift_x to gate codes), computed here
+//                          per step instead of in a pass of their own
 //   w_h (4H, H)            float32 recurrent weight codes;  h0, c0 (N, H) state codes
 //   m_h, shift_h (4H,)     int64 fixed-point multipliers of the recurrent accumulator
 //   sigmoid, tanh          the gate tables' int64 entries (nnaqat.nna.lut.Lut.table)
@@ -79,20 +83,25 @@ struct Constants {
 // Returns [y (N, T, H), h_T, c_T, ranges] with ranges (4,) float64: min and max of o * tanh(c)
 // (integer units) and of the unsaturated cell. With keep, then the records (T, N, ...) the
 // backward pass reads: h_prev, c_prev, gates (the saturated gate codes), gate_flags (uint8,
-// kAccInside | kGateInside), cell_gate (the new cell in the gate format), unit_flags (uint8,
+// kAccInside | kGateInside | kInputAccInside | kInputInside), cell_gate (the new cell in the gate format), unit_flags (uint8,
 // kKeptInside | ... | kHiddenInside). The tables' outputs are not kept: the backward pass
 // looks them up again (a few hundred entries, in L1), which halves the records' memory.
-std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::Tensor h0,
-                                        at::Tensor c0, at::Tensor m_h, at::Tensor shift_h,
+std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::Tensor m_x, at::Tensor shift_x,
+                                        at::Tensor w_h, at::Tensor h0, at::Tensor c0, at::Tensor m_h, at::Tensor shift_h,
                                         at::Tensor sigmoid, at::Tensor tanh, std::vector<int64_t> ints,
                                         std::vector<double> reals, bool keep) {
   const Constants k = Constants::from(ints, reals);
-  const auto x = from_input.to(at::kFloat).contiguous();
+  TORCH_CHECK(product.dim() == 3 && (product.scalar_type() == at::kFloat || product.scalar_type() == at::kDouble),
+              "integer_lstm: the input product must be (N, T, 4H) float32 or float64");
+  const auto x = product.contiguous();
   const auto w = w_h.to(at::kFloat).contiguous();
   const int64_t N = x.size(0), T = x.size(1), G = x.size(2), H = G / 4;
   TORCH_CHECK(G == 4 * H && w.size(0) == G && w.size(1) == H, "integer_lstm: weight ", w.sizes(),
               " does not match gates ", x.sizes());
   const auto mh = m_h.to(at::kLong).contiguous(), sh = shift_h.to(at::kLong).contiguous();
+  const auto mx = m_x.to(at::kLong).contiguous(), sx = shift_x.to(at::kLong).contiguous();
+  const auto off = offset.to(at::kDouble).contiguous();
+  TORCH_CHECK(mx.numel() == G && sx.numel() == G && off.numel() == G, "integer_lstm: one input multiplier per gate");
   const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
   TORCH_CHECK(mh.numel() == G && sh.numel() == G, "integer_lstm: one multiplier per gate unit");
   const GateLuts luts = GateLuts::from(sig, tnh, k.gate_bits, k.lut_segment_bits, k.lut_interpolate);
@@ -132,7 +141,11 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const float* const xp = x.data_ptr<float>();
+  const float* const x32 = x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr;
+  const double* const x64 = x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>();
+  const double* const x_offset = off.data_ptr<double>();
+  const int64_t* const m_in = mx.data_ptr<int64_t>();
+  const int64_t* const s_in = sx.data_ptr<int64_t>();
   const int64_t* const m = mh.data_ptr<int64_t>();
   const int64_t* const s = sh.data_ptr<int64_t>();
   float* const yp = y.data_ptr<float>();
@@ -174,20 +187,26 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
       float* const cell_gate = cell_gate0 + t * step_stride_h;
       uint8_t* const unit_flags = unit_flags0 + t * step_stride_h;
       for (int64_t n = begin; n < end; ++n) {
-        // Gates: the accumulator (saturated or wrapped), requantized, plus the input's part,
-        // saturated; then the tables.
-        const float* from_x = xp + (n * T + t) * G;
-        const int64_t acc_row = (n - begin) * G;
+        // Gates: the input's accumulator requantized to gate codes (ops.linear_codes), plus the
+        // recurrent accumulator (saturated or wrapped) requantized, saturated; then the tables.
+        const int64_t x_row = (n * T + t) * G, acc_row = (n - begin) * G;
         for (int64_t j = 0; j < G; ++j) {
           const int64_t at = n * G + j;
-          bool acc_in, gate_in;
+          bool input_acc_in, input_in, acc_in, gate_in;
+          const double input_total = overflow((x32 ? static_cast<double>(x32[x_row + j]) : x64[x_row + j]) + x_offset[j],
+                                              acc_low, acc_high, wrap_span, c_k.acc_saturate, &input_acc_in);
+          const double from_x = saturate(
+              static_cast<double>(requantized_code(static_cast<int64_t>(input_total), m_in[j], s_in[j], 0, c_k.rounding,
+                                                   c_k.zero_point_before_rounding)),
+              gate_low, gate_high, &input_in);
           const double total = overflow(a32 ? static_cast<double>(a32[acc_row + j]) : a64[acc_row + j], acc_low,
                                         acc_high, wrap_span, c_k.acc_saturate, &acc_in);
           const int64_t pre =
-              static_cast<int64_t>(from_x[j]) + requantize(static_cast<int64_t>(total), m[j], s[j], c_k.rounding);
+              static_cast<int64_t>(from_x) + requantize(static_cast<int64_t>(total), m[j], s[j], c_k.rounding);
           const double gate = saturate(static_cast<double>(pre), gate_low, gate_high, &gate_in);
           gates[at] = static_cast<float>(gate);
-          gate_flags[at] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0));
+          gate_flags[at] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0) |
+                                                (input_acc_in ? kInputAccInside : 0) | (input_in ? kInputInside : 0));
           ifgo[j] = static_cast<double>(lut(j, H, static_cast<int64_t>(gate)));
         }
         // The cell and the hidden state, unit by unit.
@@ -245,15 +264,16 @@ std::vector<at::Tensor> lstm_forward(at::Tensor from_input, at::Tensor w_h, at::
 //   grad_y (N, T, H) or an empty tensor; grad_h, grad_c (N, H) float32
 //   records as lstm_forward returns them; sigmoid, tanh: the gate tables' int64 entries;
 //   sigmoid_slope, tanh_slope: the tables' derivatives at every gate code, (2**gate_bits,) float32
-//   w_h (4H, H); r_h (4H,) the recurrent real multipliers
+//   w_h (4H, H); r_x, r_h (4H,) the input's and the recurrent real multipliers
 //   ints = [gate_bits, lut_segment_bits, lut_interpolate]
 //   reals = [r_out, kept_scale, written_scale, cell_gate_scale]
-// Returns [grad_gates (N, T, 4H), grad_acc (T, N, 4H), dh (N, H), dc (N, H)]: the gates'
-// gradient in the layout of lstm_forward's from_input, the accumulator's in step order.
+// Returns [grad_product (N, T, 4H), grad_acc (T, N, 4H), dh (N, H), dc (N, H)]: the gradients
+// of lstm_forward's input product and of the recurrent accumulators (in step order).
 std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::Tensor grad_c,
                                          std::vector<at::Tensor> records, at::Tensor sigmoid, at::Tensor tanh,
                                          at::Tensor sigmoid_slope, at::Tensor tanh_slope, at::Tensor w_h,
-                                         at::Tensor r_h, std::vector<int64_t> ints, std::vector<double> reals) {
+                                         at::Tensor r_x, at::Tensor r_h, std::vector<int64_t> ints,
+                                         std::vector<double> reals) {
   TORCH_CHECK(records.size() == 6 && ints.size() == 3 && reals.size() == 4,
               "integer_lstm: backward expects 6 records, 3 integers and 4 reals");
   const int64_t T = records[0].size(0), N = records[0].size(1), H = records[0].size(2), G = 4 * H;
@@ -274,17 +294,21 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
   const float* tanh_at = tanh_sl.data_ptr<float>() - gate_low;
   const auto w = w_h.to(at::kFloat).contiguous();
   const auto rh = r_h.to(at::kFloat).contiguous();
+  const auto rx = r_x.to(at::kDouble).contiguous();
+  TORCH_CHECK(rh.numel() == G && rx.numel() == G, "integer_lstm: one real multiplier per gate");
 
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  auto grad_gates = at::empty({N, T, G}, f32), grad_acc = at::empty({T, N, G}, f32);
+  auto grad_product = at::empty({N, T, G}, f32), grad_acc = at::empty({T, N, G}, f32);
   auto dh = grad_h.to(at::kFloat).contiguous().clone(), dc = grad_c.to(at::kFloat).contiguous().clone();
   float* dhp = dh.data_ptr<float>();
   float* dcp = dc.data_ptr<float>();
   const float* rhp = rh.data_ptr<float>();
+  const double* rxp = rx.data_ptr<double>();
   const float* gyp = has_grad_y ? gy.data_ptr<float>() : nullptr;
   // As in the forward pass, each thread takes its share of the batch through every step.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     const GateLuts lut = luts;
+    std::vector<float> gg(G);  // one sequence's gate gradients
     auto dh_rows = dh.narrow(0, begin, end - begin);  // contiguous: the matmul writes into dh
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* c_prev = records[1].data_ptr<float>() + t * N * H;
@@ -295,7 +319,7 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
       float* ga = grad_acc.data_ptr<float>() + t * N * G;
       for (int64_t n = begin; n < end; ++n) {
         const int64_t base = n * G;
-        float* gg = grad_gates.data_ptr<float>() + (n * T + t) * G;
+        float* gp = grad_product.data_ptr<float>() + (n * T + t) * G;
         // The tables' outputs and slopes at this step's gate codes (slopes zero where the gate saturated).
         const auto value = [&](int64_t j) { return static_cast<float>(lut(j, H, static_cast<int64_t>(gates[base + j]))); };
         const auto slope = [&](int64_t j, const float* table) {
@@ -320,12 +344,19 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
           gg[3 * H + u] = d_o * slope(3 * H + u, sigmoid_at);
           dcp[at] = d_kept * f;
         }
-        for (int64_t j = 0; j < G; ++j) ga[base + j] = (gate_flags[base + j] & kAccInside) ? gg[j] * rhp[j] : 0.0f;
+        constexpr uint8_t kInputBothInside = kInputAccInside | kInputInside;
+        for (int64_t j = 0; j < G; ++j) {
+          const uint8_t flags = gate_flags[base + j];
+          ga[base + j] = (flags & kAccInside) ? gg[j] * rhp[j] : 0.0f;
+          // As ops.linear_codes' backward: the real multiplier in float64 where neither clamp was active.
+          gp[j] = (flags & kInputBothInside) == kInputBothInside
+                      ? static_cast<float>(static_cast<double>(gg[j]) * rxp[j]) : 0.0f;
+        }
       }
       at::mm_out(dh_rows, grad_acc[t].narrow(0, begin, end - begin), w);  // (rows, 4H) @ (4H, H)
     }
   });
-  return {grad_gates, grad_acc, dh, dc};
+  return {grad_product, grad_acc, dh, dc};
 }
 
 }  // namespace nnaqat
