@@ -66,7 +66,7 @@ class _Records(NamedTuple):
     h_prev: torch.Tensor  # (T, N, H) hidden codes each step read
     c_prev: torch.Tensor  # (T, N, H) cell codes each step read
     gates: torch.Tensor  # (T, N, 4H) saturated gate codes, the tables' inputs
-    gate_flags: torch.Tensor  # (T, N, 4H) recurrent accumulator, gate
+    gate_flags: torch.Tensor  # (T, N, 4H) recurrent accumulator, gate, input accumulator, input gate codes
     cell_gate: torch.Tensor  # (T, N, H) the new cell in the gate format, tanh's input
     unit_flags: torch.Tensor  # (T, N, H) f * c, i * g, their sum, the cell in the gate format, h
 
@@ -286,9 +286,8 @@ class _Recurrence(torch.autograd.Function):
         x_q, w_x, w_h = ctx.saved_tensors
         layer, k, r = ctx.layer, ctx.k, ctx.records
         if r is None:  # an empty sequence
-            zero_bias = None if k.bias is None else torch.zeros_like(k.bias)
-            return (None, None, torch.zeros_like(x_q), torch.zeros_like(w_x), zero_bias, torch.zeros_like(w_h),
-                    grad_h, grad_c)  # fmt: skip
+            zeros = (torch.zeros_like(v) for v in (x_q, w_x, k.bias, w_h))
+            return None, None, *zeros, grad_h, grad_c
         spec = layer.spec
         n_frac, c_frac = spec.lstm.nonlinearity.frac_bits, k.cell_frac_bits
         factor, shift = layer._cell_to_gate_format(c_frac)

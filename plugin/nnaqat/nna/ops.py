@@ -488,11 +488,15 @@ _expanded: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDicti
 _expanded_derivatives: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
+def _built_once(cache: "weakref.WeakKeyDictionary[Lut, torch.Tensor]", lut: Lut, build) -> torch.Tensor:
+    if lut not in cache:
+        cache[lut] = build()
+    return cache[lut]
+
+
 def lut_entries(lut: Lut) -> torch.Tensor:
     """The table's entries as an int64 tensor ``(2**n + 1,)`` (built once per table)."""
-    if lut not in _entries:
-        _entries[lut] = torch.from_numpy(lut.table.copy())
-    return _entries[lut]
+    return _built_once(_entries, lut, lambda: torch.from_numpy(lut.table.copy()))
 
 
 def _table_values(position: torch.Tensor, lut: Lut) -> torch.Tensor:
@@ -515,9 +519,7 @@ _MAX_EXPANDED_INPUT_BITS = 16
 def expanded_table(lut: Lut) -> torch.Tensor:
     """The lookup of every input code, float32 ``(2**input_bits,)``: one gather per lookup instead
     of three and the interpolation arithmetic (built once per table)."""
-    if lut not in _expanded:
-        _expanded[lut] = _table_values(torch.arange(2**lut.input.bits), lut).float()
-    return _expanded[lut]
+    return _built_once(_expanded, lut, lambda: _table_values(torch.arange(2**lut.input.bits), lut).float())
 
 
 def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
@@ -554,10 +556,9 @@ def lut_derivative(x: torch.Tensor, lut: Lut) -> torch.Tensor:
 def expanded_derivative(lut: Lut) -> torch.Tensor:
     """:func:`lut_derivative` at every input code, float32 ``(2**input_bits,)``, for the
     compiled backward passes (built once per table)."""
-    if lut not in _expanded_derivatives:
-        low, high = int_range(lut.input.bits)
-        _expanded_derivatives[lut] = lut_derivative(torch.arange(low, high + 1, dtype=torch.float32), lut)
-    return _expanded_derivatives[lut]
+    low, high = int_range(lut.input.bits)
+    codes = torch.arange(low, high + 1, dtype=torch.float32)
+    return _built_once(_expanded_derivatives, lut, lambda: lut_derivative(codes, lut))
 
 
 def embedding_lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -96,9 +96,8 @@ std::vector<at::Tensor> requantize_codes(at::Tensor acc, at::Tensor multiplier, 
   bool* in = inside.data_ptr<bool>();
   const double low = low_of(bits), high = high_of(bits);
   for_each_element(input.numel(), m.numel(), inner, [&](int64_t i, int64_t c) {
-    const int64_t code =
-        requantized_code(static_cast<int64_t>(ap[i]), mp[c], sp[c], zero_point, rounding, zero_point_before_rounding);
-    out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &in[i]));
+    out[i] = static_cast<float>(output_code(static_cast<int64_t>(ap[i]), mp[c], sp[c], zero_point, rounding,
+                                            zero_point_before_rounding, low, high, &in[i]));
   });
   return {codes, inside};
 }
@@ -184,9 +183,8 @@ std::vector<at::Tensor> linear_codes(at::Tensor product, at::Tensor offset, int6
       bool acc_in, out_in;
       const double acc =
           overflow(static_cast<double>(pp[i]) + op[c], acc_low, acc_high, span, saturate_overflow, &acc_in);
-      const int64_t code =
-          requantized_code(static_cast<int64_t>(acc), mp[c], sp[c], zero_point, rounding, zero_point_before_rounding);
-      out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &out_in));
+      out[i] = static_cast<float>(output_code(static_cast<int64_t>(acc), mp[c], sp[c], zero_point, rounding,
+                                              zero_point_before_rounding, low, high, &out_in));
       in[i] = static_cast<uint8_t>(acc_in | (out_in << 1));
     });
   });
@@ -277,10 +275,11 @@ std::vector<at::Tensor> pair_lookup(at::Tensor a, at::Tensor b, double a_scale, 
         b_raw[i] = unclamped_code(bp[first + i], sb, b_zp);
       }
       for (int64_t i = 0; i < count; ++i) {
-        const float a_q = std::min(std::max(a_raw[i], low), high), b_q = std::min(std::max(b_raw[i], low), high);
+        bool a_in, b_in;
+        const float a_q = saturate(a_raw[i], low, high, &a_in), b_q = saturate(b_raw[i], low, high, &b_in);
         const auto index = static_cast<uint16_t>(static_cast<int64_t>(a_q - low) * codes + static_cast<int64_t>(b_q - low));
         pp[first + i] = index;
-        ip[first + i] = static_cast<uint8_t>((a_q == a_raw[i]) | ((b_q == b_raw[i]) << 1));
+        ip[first + i] = static_cast<uint8_t>(a_in | (b_in << 1));
         op[first + i] = tp[index];
       }
     }

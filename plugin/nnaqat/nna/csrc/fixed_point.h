@@ -82,17 +82,23 @@ inline double mul_rounded(double a, double b, double scale, int64_t rounding) {
 // QuantizeLinear (float arithmetic only: loops of it vectorize).
 inline float unclamped_code(float x, float scale, float zero_point) { return std::rint(x / scale) + zero_point; }
 
-// ops.quantize: the clamped code; sets `inside` (the clamp was inactive).
-inline float quantize(float x, float scale, float zero_point, float low, float high, bool* inside) {
-  const float unclamped = unclamped_code(x, scale, zero_point);
-  *inside = unclamped >= low && unclamped <= high;
-  return std::min(std::max(unclamped, low), high);
-}
-
 // Clamp to [low, high], and whether the value was inside (the clipped STE's mask).
-inline double saturate(double value, double low, double high, bool* inside) {
+template <typename Real>
+inline Real saturate(Real value, Real low, Real high, bool* inside) {
   *inside = value >= low && value <= high;
   return std::min(std::max(value, low), high);
+}
+
+// ops.quantize: the clamped code; sets `inside` (the clamp was inactive).
+inline float quantize(float x, float scale, float zero_point, float low, float high, bool* inside) {
+  return saturate(unclamped_code(x, scale, zero_point), low, high, inside);
+}
+
+// reference.requantize_output: the requantized code saturated to [low, high]; sets `inside`.
+inline double output_code(int64_t acc, int64_t m, int64_t s, int64_t zero_point, int64_t rounding,
+                          bool zero_point_before_rounding, double low, double high, bool* inside) {
+  return saturate(static_cast<double>(requantized_code(acc, m, s, zero_point, rounding, zero_point_before_rounding)),
+                  low, high, inside);
 }
 
 // An accumulator total (an exact integer) into `bits` bits: saturated (setting `inside`) or

@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fixed_point.h"
@@ -172,13 +173,12 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
       float* const c_prev = c_prev0 + t * step_stride_h;
       std::copy(hp + begin * H, hp + end * H, h_prev + begin * H);
       std::copy(cp + begin * H, cp + end * H, c_prev + begin * H);
-      if (in_float32) {
-        float* centered = h_centered.data_ptr<float>();
-        for (int64_t i = 0; i < rows * H; ++i) centered[i] = hp[begin * H + i] - static_cast<float>(c_k.h_zero_point);
-      } else {
-        double* centered = h_centered.data_ptr<double>();
-        for (int64_t i = 0; i < rows * H; ++i) centered[i] = hp[begin * H + i] - static_cast<double>(c_k.h_zero_point);
-      }
+      const auto center = [&](auto* centered) {  // h - z_h in the matmul's type
+        using Real = std::remove_pointer_t<decltype(centered)>;
+        for (int64_t i = 0; i < rows * H; ++i) centered[i] = hp[begin * H + i] - static_cast<Real>(c_k.h_zero_point);
+      };
+      if (in_float32) center(h_centered.data_ptr<float>());
+      else center(h_centered.data_ptr<double>());
       at::mm_out(acc, h_centered, w_t);
       const float* const a32 = in_float32 ? acc.data_ptr<float>() : nullptr;
       const double* const a64 = in_float32 ? nullptr : acc.data_ptr<double>();
@@ -195,10 +195,8 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
           bool input_acc_in, input_in, acc_in, gate_in;
           const double input_total = overflow((x32 ? static_cast<double>(x32[x_row + j]) : x64[x_row + j]) + x_offset[j],
                                               acc_low, acc_high, wrap_span, c_k.acc_saturate, &input_acc_in);
-          const double from_x = saturate(
-              static_cast<double>(requantized_code(static_cast<int64_t>(input_total), m_in[j], s_in[j], 0, c_k.rounding,
-                                                   c_k.zero_point_before_rounding)),
-              gate_low, gate_high, &input_in);
+          const double from_x = output_code(static_cast<int64_t>(input_total), m_in[j], s_in[j], 0, c_k.rounding,
+                                            c_k.zero_point_before_rounding, gate_low, gate_high, &input_in);
           const double total = overflow(a32 ? static_cast<double>(a32[acc_row + j]) : a64[acc_row + j], acc_low,
                                         acc_high, wrap_span, c_k.acc_saturate, &acc_in);
           const int64_t pre =
@@ -229,9 +227,8 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
           const double product = o * tanh_c;  // < 2**30: exact
           range[0] = std::min(range[0], product);
           range[1] = std::max(range[1], product);
-          const int64_t code = requantized_code(static_cast<int64_t>(product), c_k.m_out, c_k.shift_out,
-                                                c_k.h_zero_point, c_k.rounding, c_k.zero_point_before_rounding);
-          const double h_new = saturate(static_cast<double>(code), hidden_low, hidden_high, &h_in);
+          const double h_new = output_code(static_cast<int64_t>(product), c_k.m_out, c_k.shift_out, c_k.h_zero_point,
+                                           c_k.rounding, c_k.zero_point_before_rounding, hidden_low, hidden_high, &h_in);
           cell_gate[at] = static_cast<float>(in_gate_format);
           unit_flags[at] = static_cast<uint8_t>((kept_in ? kKeptInside : 0) | (written_in ? kWrittenInside : 0) |
                                                 (cell_in ? kCellInside : 0) | (cell_gate_in ? kCellGateInside : 0) |
