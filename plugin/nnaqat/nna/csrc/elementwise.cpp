@@ -95,9 +95,11 @@ std::vector<at::Tensor> requantize_codes(at::Tensor acc, at::Tensor multiplier, 
   float* out = codes.data_ptr<float>();
   bool* in = inside.data_ptr<bool>();
   const double low = low_of(bits), high = high_of(bits);
-  for_each_element(input.numel(), m.numel(), inner, [&](int64_t i, int64_t c) {
-    out[i] = static_cast<float>(output_code(static_cast<int64_t>(ap[i]), mp[c], sp[c], zero_point, rounding,
-                                            zero_point_before_rounding, low, high, &in[i]));
+  with_rounding(rounding, [&](auto mode) {
+    for_each_element(input.numel(), m.numel(), inner, [&](int64_t i, int64_t c) {
+      out[i] = static_cast<float>(output_code<decltype(mode)::value>(
+          static_cast<int64_t>(ap[i]), mp[c], sp[c], zero_point, zero_point_before_rounding, low, high, &in[i]));
+    });
   });
   return {codes, inside};
 }
@@ -122,11 +124,14 @@ std::vector<at::Tensor> add_codes(at::Tensor a, at::Tensor b, int64_t a_zero_poi
   const int64_t headroom = int64_t(1) << left_shift;
   const auto& k = multipliers;
   const double low = low_of(out_bits), high = high_of(out_bits);
-  for_each_element(ac.numel(), 1, 1, [&](int64_t i, int64_t) {
-    const int64_t a_scaled = requantize((static_cast<int64_t>(ap[i]) - a_zero_point) * headroom, k[0], k[1], rounding);
-    const int64_t b_scaled = requantize((static_cast<int64_t>(bp[i]) - b_zero_point) * headroom, k[2], k[3], rounding);
-    const int64_t code = requantize(a_scaled + b_scaled, k[4], k[5], rounding) + out_zero_point;
-    out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &in[i]));
+  with_rounding(rounding, [&](auto mode) {
+    constexpr int64_t kMode = decltype(mode)::value;
+    for_each_element(ac.numel(), 1, 1, [&](int64_t i, int64_t) {
+      const int64_t a_scaled = requantize<kMode>((static_cast<int64_t>(ap[i]) - a_zero_point) * headroom, k[0], k[1]);
+      const int64_t b_scaled = requantize<kMode>((static_cast<int64_t>(bp[i]) - b_zero_point) * headroom, k[2], k[3]);
+      const int64_t code = requantize<kMode>(a_scaled + b_scaled, k[4], k[5]) + out_zero_point;
+      out[i] = static_cast<float>(saturate(static_cast<double>(code), low, high, &in[i]));
+    });
   });
   return {codes, inside};
 }
@@ -179,13 +184,15 @@ std::vector<at::Tensor> linear_codes(at::Tensor product, at::Tensor offset, int6
   const double span = std::ldexp(1.0, static_cast<int>(acc_bits));
   const double low = low_of(out_bits), high = high_of(out_bits);
   with_float_data(product, [&](const auto* pp) {
-    for_each_element(codes.numel(), outputs, 1, [&](int64_t i, int64_t c) {
-      bool acc_in, out_in;
-      const double acc =
-          overflow(static_cast<double>(pp[i]) + op[c], acc_low, acc_high, span, saturate_overflow, &acc_in);
-      out[i] = static_cast<float>(output_code(static_cast<int64_t>(acc), mp[c], sp[c], zero_point, rounding,
-                                              zero_point_before_rounding, low, high, &out_in));
-      in[i] = static_cast<uint8_t>(acc_in | (out_in << 1));
+    with_rounding(rounding, [&](auto mode) {
+      for_each_element(codes.numel(), outputs, 1, [&](int64_t i, int64_t c) {
+        bool acc_in, out_in;
+        const double acc =
+            overflow(static_cast<double>(pp[i]) + op[c], acc_low, acc_high, span, saturate_overflow, &acc_in);
+        out[i] = static_cast<float>(output_code<decltype(mode)::value>(
+            static_cast<int64_t>(acc), mp[c], sp[c], zero_point, zero_point_before_rounding, low, high, &out_in));
+        in[i] = static_cast<uint8_t>(acc_in | (out_in << 1));
+      });
     });
   });
   return {codes, inside};

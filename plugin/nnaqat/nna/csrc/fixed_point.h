@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace nnaqat {
 
@@ -34,48 +35,60 @@ inline float float32_multiplier(int64_t m, int64_t s) {
   return static_cast<float>(std::ldexp(static_cast<double>(m), static_cast<int>(s - 31)));
 }
 
-// reference.requantize: acc * M0 * 2**(shift - 31), rounded by the mode (shift <= 22).
-// Always inlined: called per element, and a call would keep the rounding switch out of the loops.
-[[gnu::always_inline]] inline int64_t requantize(int64_t acc, int64_t m, int64_t s, int64_t rounding) {
+// reference.requantize: acc * M0 * 2**(shift - 31), rounded by the mode (shift <= 22). A
+// template, so that a loop over elements is compiled for one mode with no switch inside.
+template <int64_t kRounding>
+[[gnu::always_inline]] inline int64_t requantize(int64_t acc, int64_t m, int64_t s) {
+  static_assert(kRounding >= kSingle && kRounding <= kFp32Rne, "unknown rounding");
+  if constexpr (kRounding == kSingle) {
+    const int64_t total = 31 - s;
+    return floor_shift(acc * m + (int64_t(1) << (total - 1)), total);
+  } else if constexpr (kRounding == kDouble) {
+    const int64_t shifted = std::clamp(acc * (int64_t(1) << std::max<int64_t>(s, 0)), kInt32Min, kInt32Max);
+    const int64_t high = srdhm(shifted, m);
+    const int64_t right = std::max<int64_t>(-s, 0);
+    const int64_t magnitude = floor_shift((high < 0 ? -high : high) + ((int64_t(1) << right) >> 1), right);
+    return high < 0 ? -magnitude : magnitude;  // half away from zero
+  } else if constexpr (kRounding == kTosa) {
+    const int64_t total = 31 - s;
+    const int64_t correction = total > 31 ? (acc >= 0 ? (int64_t(1) << 30) : -(int64_t(1) << 30)) : 0;
+    return floor_shift(acc * m + (int64_t(1) << (total - 1)) + correction, total);
+  } else {  // fp32_rne: float32 product, half to even
+    return static_cast<int64_t>(std::rint(static_cast<float>(acc) * float32_multiplier(m, s)));
+  }
+}
+
+// Returns f(std::integral_constant<int64_t, rounding>{}): a loop written as a generic lambda
+// is compiled once per mode and chosen here, outside it.
+template <typename F>
+decltype(auto) with_rounding(int64_t rounding, F&& f) {
   switch (rounding) {
-    case kSingle: {
-      const int64_t total = 31 - s;
-      return floor_shift(acc * m + (int64_t(1) << (total - 1)), total);
-    }
-    case kDouble: {
-      const int64_t shifted = std::clamp(acc * (int64_t(1) << std::max<int64_t>(s, 0)), kInt32Min, kInt32Max);
-      const int64_t high = srdhm(shifted, m);
-      const int64_t right = std::max<int64_t>(-s, 0);
-      const int64_t magnitude = floor_shift((high < 0 ? -high : high) + ((int64_t(1) << right) >> 1), right);
-      return high < 0 ? -magnitude : magnitude;  // half away from zero
-    }
-    case kTosa: {
-      const int64_t total = 31 - s;
-      const int64_t correction = total > 31 ? (acc >= 0 ? (int64_t(1) << 30) : -(int64_t(1) << 30)) : 0;
-      return floor_shift(acc * m + (int64_t(1) << (total - 1)) + correction, total);
-    }
-    default:  // fp32_rne: float32 product, half to even
-      return static_cast<int64_t>(std::rint(static_cast<float>(acc) * float32_multiplier(m, s)));
+    case kSingle: return f(std::integral_constant<int64_t, kSingle>{});
+    case kDouble: return f(std::integral_constant<int64_t, kDouble>{});
+    case kTosa: return f(std::integral_constant<int64_t, kTosa>{});
+    default: return f(std::integral_constant<int64_t, kFp32Rne>{});
   }
 }
 
 // reference.requantize_output before saturation: the rounded value plus the zero point, which
 // fp32_rne may add to the float product before rounding instead.
-inline int64_t requantized_code(int64_t acc, int64_t m, int64_t s, int64_t zero_point, int64_t rounding,
-                                bool zero_point_before_rounding) {
-  if (zero_point_before_rounding) {
+template <int64_t kRounding>
+[[gnu::always_inline]] inline int64_t requantized_code(int64_t acc, int64_t m, int64_t s, int64_t zero_point,
+                                                       bool zero_point_before_rounding) {
+  if (kRounding == kFp32Rne && zero_point_before_rounding) {
     const float product = static_cast<float>(acc) * float32_multiplier(m, s);
     return static_cast<int64_t>(std::rint(product + static_cast<float>(zero_point)));
   }
-  return requantize(acc, m, s, rounding) + zero_point;
+  return requantize<kRounding>(acc, m, s) + zero_point;
 }
 
 // ops.mul_rounded: a * b * scale (scale a power of two) in float64, rounded by the mode.
-inline double mul_rounded(double a, double b, double scale, int64_t rounding) {
+template <int64_t kRounding>
+[[gnu::always_inline]] inline double mul_rounded(double a, double b, double scale) {
   const double scaled = a * b * scale;
-  if (rounding == kFp32Rne) return std::rint(scaled);
-  if (rounding == kDouble) return std::copysign(std::floor(std::fabs(scaled) + 0.5), scaled) + 0.0;
-  return std::floor(scaled + 0.5);
+  if constexpr (kRounding == kFp32Rne) return std::rint(scaled);
+  else if constexpr (kRounding == kDouble) return std::copysign(std::floor(std::fabs(scaled) + 0.5), scaled) + 0.0;
+  else return std::floor(scaled + 0.5);
 }
 
 // ops.quantize before its clamp: round_half_even(x / scale) + zero_point in float32, as ONNX
@@ -83,8 +96,8 @@ inline double mul_rounded(double a, double b, double scale, int64_t rounding) {
 inline float unclamped_code(float x, float scale, float zero_point) { return std::rint(x / scale) + zero_point; }
 
 // Clamp to [low, high], and whether the value was inside (the clipped STE's mask).
-template <typename Real>
-inline Real saturate(Real value, Real low, Real high, bool* inside) {
+template <typename Number>
+inline Number saturate(Number value, Number low, Number high, bool* inside) {
   *inside = value >= low && value <= high;
   return std::min(std::max(value, low), high);
 }
@@ -95,19 +108,27 @@ inline float quantize(float x, float scale, float zero_point, float low, float h
 }
 
 // reference.requantize_output: the requantized code saturated to [low, high]; sets `inside`.
-inline double output_code(int64_t acc, int64_t m, int64_t s, int64_t zero_point, int64_t rounding,
-                          bool zero_point_before_rounding, double low, double high, bool* inside) {
-  return saturate(static_cast<double>(requantized_code(acc, m, s, zero_point, rounding, zero_point_before_rounding)),
+template <int64_t kRounding>
+[[gnu::always_inline]] inline double output_code(int64_t acc, int64_t m, int64_t s, int64_t zero_point,
+                                                 bool zero_point_before_rounding, double low, double high,
+                                                 bool* inside) {
+  return saturate(static_cast<double>(requantized_code<kRounding>(acc, m, s, zero_point, zero_point_before_rounding)),
                   low, high, inside);
 }
 
-// An accumulator total (an exact integer) into `bits` bits: saturated (setting `inside`) or
-// wrapped around in two's complement (`inside` always true); span = 2**bits.
-inline double overflow(double total, double low, double high, double span, bool saturate_it, bool* inside) {
+// An accumulator total (an exact integer, in int64 or float64) into `bits` bits: saturated to
+// [low, high] (setting `inside`) or wrapped around in two's complement (`inside` always true);
+// span = 2**bits.
+template <typename Number>
+inline Number overflow(Number total, Number low, Number high, Number span, bool saturate_it, bool* inside) {
   if (saturate_it) return saturate(total, low, high, inside);
   *inside = true;
-  const double wrapped = std::fmod(total - low, span);
-  return (wrapped < 0 ? wrapped + span : wrapped) + low;
+  if constexpr (std::is_integral_v<Number>) {
+    return ((total - low) & (span - 1)) + low;
+  } else {
+    const Number wrapped = std::fmod(total - low, span);
+    return (wrapped < 0 ? wrapped + span : wrapped) + low;
+  }
 }
 
 // A table as nnaqat.nna.lut builds it, read as reference.lut_lookup reads it: 2**n + 1 int64

@@ -42,10 +42,6 @@ struct GateLuts {
     return {{sigmoid.data_ptr<int64_t>(), sigmoid.numel(), segment_bits, low, interpolate},
             {tanh.data_ptr<int64_t>(), tanh.numel(), segment_bits, low, interpolate}};
   }
-  // The step's table for gate j of 4H: sigmoid for i, f, o; tanh for g.
-  int64_t operator()(int64_t j, int64_t H, int64_t code) const {
-    return (j >= 2 * H && j < 3 * H) ? tanh(code) : sigmoid(code);
-  }
 };
 
 // The layer's integer constants (see NnaLstm in nnaqat/nna/lstm.py).
@@ -65,6 +61,132 @@ struct Constants {
             ints[10], ints[11] != 0, reals[0], reals[1], reals[2]};
   }
 };
+
+// out = h - zero_point, in out's type (the recurrent matmul's: float32 or float64); returns out.
+inline const at::Tensor& centered(const float* h, int64_t zero_point, const at::Tensor& out) {
+  const auto fill = [&](auto* to) {
+    using Real = std::remove_pointer_t<decltype(to)>;
+    for (int64_t i = 0; i < out.numel(); ++i) to[i] = h[i] - static_cast<Real>(zero_point);
+  };
+  if (out.scalar_type() == at::kFloat) fill(out.data_ptr<float>());
+  else fill(out.data_ptr<double>());
+  return out;
+}
+
+// What lstm_forward's threads read and write. Each thread copies it into locals: the records'
+// byte stores may alias anything reached through a reference, and would reload it per element.
+struct ForwardRows {
+  Constants k;
+  GateLuts luts;
+  int64_t T, H;
+  double acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high, hidden_low, hidden_high;
+  const float* x32;  // the input product, float32 or float64 (the other is null)
+  const double* x64;
+  const double* x_offset;
+  const int64_t *m_in, *s_in, *m, *s;
+  float *y, *h, *c;
+  float *h_prev, *c_prev, *gates;
+  uint8_t* gate_flags;
+  float* cell_gate;
+  uint8_t* unit_flags;
+  int64_t step_stride_h, step_stride_g;  // of the records: 0 when one step's scratch is reused
+  double* ranges;                        // (N, 4)
+};
+
+// Sequences [begin, end) through every step, for one rounding mode (the step's per-element
+// work compiled without a switch on it). w_t (H, 4H): the recurrent weights, float32 or float64.
+template <int64_t kRounding, bool kZeroPointBeforeRounding>
+void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begin, int64_t end) {
+  const ForwardRows p = shared;
+  const Constants k = p.k;
+  const Lut sigmoid_table = p.luts.sigmoid, tanh_table = p.luts.tanh;
+  const int64_t T = p.T, H = p.H, G = 4 * H, rows = end - begin;
+  const bool in_float32 = w_t.scalar_type() == at::kFloat;
+  auto h_centered = at::empty({rows, H}, w_t.options());
+  auto acc = at::empty({rows, G}, w_t.options());
+  std::vector<double> ifgo(G);  // one sequence's i, f, g, o
+  // The gates' work is in int64 (cheaper than float64 and its conversions): bounds, the input's offsets.
+  const auto acc_low = static_cast<int64_t>(p.acc_low), acc_high = static_cast<int64_t>(p.acc_high);
+  const auto acc_span = static_cast<int64_t>(p.wrap_span);
+  const auto gate_low = static_cast<int64_t>(p.gate_low), gate_high = static_cast<int64_t>(p.gate_high);
+  const bool acc_saturate = k.acc_saturate;
+  std::vector<int64_t> x_offset(p.x_offset, p.x_offset + G);
+  for (int64_t t = 0; t < T; ++t) {
+    float* const h_prev = p.h_prev + t * p.step_stride_h;
+    float* const c_prev = p.c_prev + t * p.step_stride_h;
+    std::copy(p.h + begin * H, p.h + end * H, h_prev + begin * H);
+    std::copy(p.c + begin * H, p.c + end * H, c_prev + begin * H);
+    at::mm_out(acc, centered(p.h + begin * H, k.h_zero_point, h_centered), w_t);
+    const float* const a32 = in_float32 ? acc.data_ptr<float>() : nullptr;
+    const double* const a64 = in_float32 ? nullptr : acc.data_ptr<double>();
+    float* const gates = p.gates + t * p.step_stride_g;
+    uint8_t* const gate_flags = p.gate_flags + t * p.step_stride_g;
+    float* const cell_gate = p.cell_gate + t * p.step_stride_h;
+    uint8_t* const unit_flags = p.unit_flags + t * p.step_stride_h;
+    for (int64_t n = begin; n < end; ++n) {
+      // Gates: the input's accumulator requantized to gate codes (ops.linear_codes), plus the
+      // recurrent accumulator (saturated or wrapped) requantized, saturated; then the tables:
+      // sigmoid for i, f, o and tanh for g.
+      const int64_t x_row = (n * T + t) * G, acc_row = (n - begin) * G;
+      for (int64_t quarter = 0; quarter < 4; ++quarter) {
+        const Lut& table = quarter == 2 ? tanh_table : sigmoid_table;
+        for (int64_t j = quarter * H; j < (quarter + 1) * H; ++j) {
+          bool input_acc_in, input_in, acc_in, gate_in;
+          const int64_t input_total =
+              overflow((p.x32 ? static_cast<int64_t>(p.x32[x_row + j]) : static_cast<int64_t>(p.x64[x_row + j])) +
+                           x_offset[j], acc_low, acc_high, acc_span, acc_saturate, &input_acc_in);
+          const int64_t from_x = saturate(
+              requantized_code<kRounding>(input_total, p.m_in[j], p.s_in[j], 0, kZeroPointBeforeRounding), gate_low,
+              gate_high, &input_in);
+          const int64_t total =
+              overflow(a32 ? static_cast<int64_t>(a32[acc_row + j]) : static_cast<int64_t>(a64[acc_row + j]), acc_low,
+                       acc_high, acc_span, acc_saturate, &acc_in);
+          const int64_t gate =
+              saturate(from_x + requantize<kRounding>(total, p.m[j], p.s[j]), gate_low, gate_high, &gate_in);
+          gates[n * G + j] = static_cast<float>(gate);
+          gate_flags[n * G + j] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0) |
+                                                       (input_acc_in ? kInputAccInside : 0) |
+                                                       (input_in ? kInputInside : 0));
+          ifgo[j] = static_cast<double>(table(gate));
+        }
+      }
+      // The cell and the hidden state, unit by unit; the ranges the observers see.
+      double product_min = p.ranges[4 * n], product_max = p.ranges[4 * n + 1];
+      double cell_min = p.ranges[4 * n + 2], cell_max = p.ranges[4 * n + 3];
+      for (int64_t u = 0; u < H; ++u) {
+        const int64_t at = n * H + u;
+        const double i = ifgo[u], f = ifgo[H + u], g = ifgo[2 * H + u], o = ifgo[3 * H + u];
+        bool kept_in, written_in, cell_in, cell_gate_in, h_in;
+        const double kept =
+            saturate(mul_rounded<kRounding>(f, c_prev[at], k.kept_scale), p.cell_low, p.cell_high, &kept_in);
+        const double written =
+            saturate(mul_rounded<kRounding>(i, g, k.written_scale), p.cell_low, p.cell_high, &written_in);
+        const double unsaturated = kept + written;
+        cell_min = std::min(cell_min, unsaturated);
+        cell_max = std::max(cell_max, unsaturated);
+        const double c_new = saturate(unsaturated, p.cell_low, p.cell_high, &cell_in);
+        const double in_gate_format = saturate(mul_rounded<kRounding>(c_new, 1.0, k.cell_gate_scale), p.gate_low,
+                                               p.gate_high, &cell_gate_in);
+        const auto tanh_c = static_cast<double>(tanh_table(static_cast<int64_t>(in_gate_format)));
+        const double product = o * tanh_c;  // < 2**30: exact
+        product_min = std::min(product_min, product);
+        product_max = std::max(product_max, product);
+        const double h_new =
+            output_code<kRounding>(static_cast<int64_t>(product), k.m_out, k.shift_out, k.h_zero_point,
+                                   kZeroPointBeforeRounding, p.hidden_low, p.hidden_high, &h_in);
+        cell_gate[at] = static_cast<float>(in_gate_format);
+        unit_flags[at] = static_cast<uint8_t>((kept_in ? kKeptInside : 0) | (written_in ? kWrittenInside : 0) |
+                                              (cell_in ? kCellInside : 0) | (cell_gate_in ? kCellGateInside : 0) |
+                                              (h_in ? kHiddenInside : 0));
+        p.c[at] = static_cast<float>(c_new);
+        p.h[at] = static_cast<float>(h_new);
+        p.y[(n * T + t) * H + u] = static_cast<float>(h_new);
+      }
+      p.ranges[4 * n] = product_min, p.ranges[4 * n + 1] = product_max;
+      p.ranges[4 * n + 2] = cell_min, p.ranges[4 * n + 3] = cell_max;
+    }
+  }
+}
 
 }  // namespace
 
@@ -142,102 +264,22 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const float* const x32 = x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr;
-  const double* const x64 = x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>();
-  const double* const x_offset = off.data_ptr<double>();
-  const int64_t* const m_in = mx.data_ptr<int64_t>();
-  const int64_t* const s_in = sx.data_ptr<int64_t>();
-  const int64_t* const m = mh.data_ptr<int64_t>();
-  const int64_t* const s = sh.data_ptr<int64_t>();
-  float* const yp = y.data_ptr<float>();
-  float* const hp = h.data_ptr<float>();
-  float* const cp = c.data_ptr<float>();
-  float* const h_prev0 = step_record(0).data_ptr<float>();
-  float* const c_prev0 = step_record(1).data_ptr<float>();
-  float* const gates0 = step_record(2).data_ptr<float>();
-  uint8_t* const gate_flags0 = step_record(3).data_ptr<uint8_t>();
-  float* const cell_gate0 = step_record(4).data_ptr<float>();
-  uint8_t* const unit_flags0 = step_record(5).data_ptr<uint8_t>();
-
+  const ForwardRows rows{k, luts, T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
+                         hidden_low, hidden_high, x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr,
+                         x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>(), off.data_ptr<double>(),
+                         mx.data_ptr<int64_t>(), sx.data_ptr<int64_t>(), mh.data_ptr<int64_t>(), sh.data_ptr<int64_t>(),
+                         y.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(),
+                         step_record(0).data_ptr<float>(), step_record(1).data_ptr<float>(),
+                         step_record(2).data_ptr<float>(), step_record(3).data_ptr<uint8_t>(),
+                         step_record(4).data_ptr<float>(), step_record(5).data_ptr<uint8_t>(), step_stride_h,
+                         step_stride_g, ranges_of.data()};
   // Sequences are independent: each thread takes its share of the batch through every step with
   // a matmul of its own rows, so the steps need no synchronisation between threads.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    const Constants c_k = k;  // locals: the byte stores below may alias anything captured
-    const GateLuts lut = luts;
-    const int64_t rows = end - begin;
-    auto h_centered = at::empty({rows, H}, mm_options);
-    auto acc = at::empty({rows, G}, mm_options);
-    std::vector<double> ifgo(G);  // one sequence's i, f, g, o
-    for (int64_t t = 0; t < T; ++t) {
-      float* const h_prev = h_prev0 + t * step_stride_h;
-      float* const c_prev = c_prev0 + t * step_stride_h;
-      std::copy(hp + begin * H, hp + end * H, h_prev + begin * H);
-      std::copy(cp + begin * H, cp + end * H, c_prev + begin * H);
-      const auto center = [&](auto* centered) {  // h - z_h in the matmul's type
-        using Real = std::remove_pointer_t<decltype(centered)>;
-        for (int64_t i = 0; i < rows * H; ++i) centered[i] = hp[begin * H + i] - static_cast<Real>(c_k.h_zero_point);
-      };
-      if (in_float32) center(h_centered.data_ptr<float>());
-      else center(h_centered.data_ptr<double>());
-      at::mm_out(acc, h_centered, w_t);
-      const float* const a32 = in_float32 ? acc.data_ptr<float>() : nullptr;
-      const double* const a64 = in_float32 ? nullptr : acc.data_ptr<double>();
-      float* const gates = gates0 + t * step_stride_g;
-      uint8_t* const gate_flags = gate_flags0 + t * step_stride_g;
-      float* const cell_gate = cell_gate0 + t * step_stride_h;
-      uint8_t* const unit_flags = unit_flags0 + t * step_stride_h;
-      for (int64_t n = begin; n < end; ++n) {
-        // Gates: the input's accumulator requantized to gate codes (ops.linear_codes), plus the
-        // recurrent accumulator (saturated or wrapped) requantized, saturated; then the tables.
-        const int64_t x_row = (n * T + t) * G, acc_row = (n - begin) * G;
-        for (int64_t j = 0; j < G; ++j) {
-          const int64_t at = n * G + j;
-          bool input_acc_in, input_in, acc_in, gate_in;
-          const double input_total = overflow((x32 ? static_cast<double>(x32[x_row + j]) : x64[x_row + j]) + x_offset[j],
-                                              acc_low, acc_high, wrap_span, c_k.acc_saturate, &input_acc_in);
-          const double from_x = output_code(static_cast<int64_t>(input_total), m_in[j], s_in[j], 0, c_k.rounding,
-                                            c_k.zero_point_before_rounding, gate_low, gate_high, &input_in);
-          const double total = overflow(a32 ? static_cast<double>(a32[acc_row + j]) : a64[acc_row + j], acc_low,
-                                        acc_high, wrap_span, c_k.acc_saturate, &acc_in);
-          const int64_t pre =
-              static_cast<int64_t>(from_x) + requantize(static_cast<int64_t>(total), m[j], s[j], c_k.rounding);
-          const double gate = saturate(static_cast<double>(pre), gate_low, gate_high, &gate_in);
-          gates[at] = static_cast<float>(gate);
-          gate_flags[at] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0) |
-                                                (input_acc_in ? kInputAccInside : 0) | (input_in ? kInputInside : 0));
-          ifgo[j] = static_cast<double>(lut(j, H, static_cast<int64_t>(gate)));
-        }
-        // The cell and the hidden state, unit by unit.
-        double* range = ranges_of.data() + 4 * n;
-        for (int64_t u = 0; u < H; ++u) {
-          const int64_t at = n * H + u;
-          const double i = ifgo[u], f = ifgo[H + u], g = ifgo[2 * H + u], o = ifgo[3 * H + u];
-          bool kept_in, written_in, cell_in, cell_gate_in, h_in;
-          const double kept =
-              saturate(mul_rounded(f, c_prev[at], c_k.kept_scale, c_k.rounding), cell_low, cell_high, &kept_in);
-          const double written =
-              saturate(mul_rounded(i, g, c_k.written_scale, c_k.rounding), cell_low, cell_high, &written_in);
-          const double unsaturated = kept + written;
-          range[2] = std::min(range[2], unsaturated);
-          range[3] = std::max(range[3], unsaturated);
-          const double c_new = saturate(unsaturated, cell_low, cell_high, &cell_in);
-          const double in_gate_format = saturate(mul_rounded(c_new, 1.0, c_k.cell_gate_scale, c_k.rounding), gate_low,
-                                                 gate_high, &cell_gate_in);
-          const auto tanh_c = static_cast<double>(lut.tanh(static_cast<int64_t>(in_gate_format)));
-          const double product = o * tanh_c;  // < 2**30: exact
-          range[0] = std::min(range[0], product);
-          range[1] = std::max(range[1], product);
-          const double h_new = output_code(static_cast<int64_t>(product), c_k.m_out, c_k.shift_out, c_k.h_zero_point,
-                                           c_k.rounding, c_k.zero_point_before_rounding, hidden_low, hidden_high, &h_in);
-          cell_gate[at] = static_cast<float>(in_gate_format);
-          unit_flags[at] = static_cast<uint8_t>((kept_in ? kKeptInside : 0) | (written_in ? kWrittenInside : 0) |
-                                                (cell_in ? kCellInside : 0) | (cell_gate_in ? kCellGateInside : 0) |
-                                                (h_in ? kHiddenInside : 0));
-          cp[at] = static_cast<float>(c_new);
-          hp[at] = static_cast<float>(h_new);
-          yp[(n * T + t) * H + u] = static_cast<float>(h_new);
-        }
-      }
+    if (k.zero_point_before_rounding) {
+      forward_rows<kFp32Rne, true>(rows, w_t, begin, end);
+    } else {
+      with_rounding(k.rounding, [&](auto mode) { forward_rows<decltype(mode)::value, false>(rows, w_t, begin, end); });
     }
   });
   double product_min = std::numeric_limits<double>::infinity(), product_max = -product_min;
@@ -318,7 +360,9 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
         const int64_t base = n * G;
         float* gp = grad_product.data_ptr<float>() + (n * T + t) * G;
         // The tables' outputs and slopes at this step's gate codes (slopes zero where the gate saturated).
-        const auto value = [&](int64_t j) { return static_cast<float>(lut(j, H, static_cast<int64_t>(gates[base + j]))); };
+        const auto value = [&](const Lut& table, int64_t j) {
+          return static_cast<float>(table(static_cast<int64_t>(gates[base + j])));
+        };
         const auto slope = [&](int64_t j, const float* table) {
           return (gate_flags[base + j] & kGateInside) ? table[static_cast<int64_t>(gates[base + j])] : 0.0f;
         };
@@ -326,7 +370,8 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
           const int64_t at = n * H + u;
           const uint8_t flags = unit_flags[at];
           const float d_h = dhp[at] + (gyp ? gyp[(n * T + t) * H + u] : 0.0f);
-          const float i = value(u), f = value(H + u), g = value(2 * H + u), o = value(3 * H + u);
+          const float i = value(lut.sigmoid, u), f = value(lut.sigmoid, H + u), g = value(lut.tanh, 2 * H + u),
+                      o = value(lut.sigmoid, 3 * H + u);
           const auto cell_code = static_cast<int64_t>(cell_gate[at]);
           const auto squashed = static_cast<float>(lut.tanh(cell_code));
           const float d_product = (flags & kHiddenInside) ? d_h * r_out : 0.0f;
