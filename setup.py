@@ -1,4 +1,5 @@
-"""Builds the compiled part of the plugin: the emulated NNA's kernels (``plugin/nnaqat/nna/csrc``).
+"""Builds the compiled part of the plugin, the extension ``nnaqat._kernels``: the emulated NNA's
+kernels (``plugin/nnaqat/nna/csrc``) and S8BQAT's (``plugin/nnaqat/quant/csrc``).
 
 Everything else about the package is declared in pyproject.toml. The extension compiles
 against the installed torch, so install with ``--no-build-isolation`` after torch
@@ -17,8 +18,8 @@ SSE4 = ["-msse4.2"] if platform.machine() in ("x86_64", "AMD64") else []
 setup(
     ext_modules=[
         CppExtension(
-            "nnaqat.nna._kernels",
-            sorted(str(p) for p in Path("plugin/nnaqat/nna/csrc").glob("*.cpp")),
+            "nnaqat._kernels",
+            sorted(str(p) for p in Path("plugin/nnaqat").glob("**/csrc/*.cpp")),
             # No fused multiply-add: float products must round as two separate operations.
             # OpenMP: at::parallel_for runs on torch's threads only when compiled with it.
             extra_compile_args=["-O3", "-ffp-contract=off", "-fopenmp", *SSE4],

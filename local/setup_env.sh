@@ -9,10 +9,10 @@ python=${NNAQAT_PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 stamp=$venv/.nnaqat-setup
 want=$(cat "$root/requirements.lock" "$root/pyproject.toml" "$root/setup.py" "$root/local/setup_env.sh" \
-  "$root"/plugin/nnaqat/nna/csrc/* | sha256sum | cut -d' ' -f1)
+  "$root"/plugin/nnaqat/csrc/* "$root"/plugin/nnaqat/*/csrc/* | sha256sum | cut -d' ' -f1)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-    && "$venv/bin/python" -c "import torch, fast_rnnt, nnaqat.nna._kernels" 2>/dev/null; then
+    && "$venv/bin/python" -c "import torch, fast_rnnt, nnaqat._kernels" 2>/dev/null; then
   exit 0
 fi
 
@@ -22,7 +22,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # torch first and alone: any unpinned resolution of torch pulls a multi-GB CUDA build.
 "${pip[@]}" install torch==2.13.0
 "${pip[@]}" install -r "$root/requirements.lock"
-# Editable, built against the torch above: compiles the NNA kernels (setup.py, about 90 s).
+# Editable, built against the torch above: compiles the plugin's kernels (setup.py, about 2 min).
 "${pip[@]}" install --no-deps --no-build-isolation -e "$root"
 
 if ! "$venv/bin/python" -c "import fast_rnnt" 2>/dev/null; then
@@ -36,6 +36,6 @@ if ! "$venv/bin/python" -c "import fast_rnnt" 2>/dev/null; then
   FT_MAKE_ARGS="-j$(nproc)" "${pip[@]}" install --no-build-isolation --no-deps fast-rnnt==1.3
 fi
 
-"$venv/bin/python" -c "import torch, fast_rnnt, lhotse, sentencepiece, nnaqat.nna._kernels"
+"$venv/bin/python" -c "import torch, fast_rnnt, lhotse, sentencepiece, nnaqat._kernels"
 echo "$want" > "$stamp"
 echo "$(date '+%F %T') environment ready" >&2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnaqat import registry
+from nnaqat import _kernels, registry
 from nnaqat.export import load_packed, pack_indices, save_packed, unpack_indices
 from nnaqat.models import build_transducer
 from nnaqat.quant import (
@@ -23,7 +23,7 @@ from nnaqat.quant import (
     quantize_,
     resolve_bits,
 )
-from nnaqat.quant.fake_quant import fake_quantize, uniform_int8_levels
+from nnaqat.quant.fake_quant import channel_view, fake_quantize, uniform_int8_levels
 from nnaqat.quant.quantizers import CodebookSnap
 from nnaqat.quant.mracos import mracos_and_grad
 
@@ -167,6 +167,39 @@ def test_nearest_index_is_brute_force_nearest_with_ties_up(levels):
     # Nearest centroid; on an exact tie the upper one (the last of the minima).
     brute = distance.size(1) - 1 - distance.flip(1).argmin(dim=1)
     assert torch.equal(nearest_index(w, c), brute)
+
+
+@pytest.mark.parametrize("levels", [2, 4, 16, 17, 256])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_compiled_snap_is_the_scaled_nearest_level(levels, per_channel):
+    """CodebookSnap's compiled forward value, bit for bit, with ties on every threshold."""
+    torch.manual_seed(levels)
+    c = torch.sort(torch.randperm(255)[:levels] - 127.0).values
+    thresholds = (c[1:] + c[:-1]) / 2
+    # Power-of-two scales keep w / scale exact, so the ties stay ties.
+    scale = torch.tensor([0.5, 2.0**-7, 4.0]) if per_channel else torch.tensor(2.0**-5)
+    normalized = torch.cat([torch.randn(3, 700) * 60, thresholds.expand(3, -1), c.expand(3, -1)], dim=1)
+    w = normalized * (scale[:, None] if per_channel else scale)
+    expected = torch.take(c, nearest_index(w / channel_view(scale, w), c)) * channel_view(scale, w)
+    assert torch.equal(_kernels.codebook_snap(w, scale, c), expected)
+
+
+def test_compiled_mracos_pull_is_mracos_and_grad():
+    """The penalty's compiled pass: value and chain-ruled gradient of mracos_and_grad, none for a floor-scale row."""
+    torch.manual_seed(0)
+    c = torch.tensor([-90.0, -20.0, 10.0, 70.0])
+    tiny = torch.finfo(torch.float32).tiny
+    scale = torch.tensor([0.01, 0.003, tiny, 0.02])
+    w = torch.cat([torch.randn(4, 500) * 80, torch.full((4, 2), 300.0), torch.full((4, 2), -300.0)], dim=1)
+    w = w * scale[:, None]
+    w[2] = 0.0
+    grad, total = _kernels.mracos_pull(w, scale, c, 0.25, tiny)
+    value, slope = mracos_and_grad(w / scale[:, None], c)
+    live = scale[:, None] > tiny
+    assert total.item() == pytest.approx(float((value * live).sum()), rel=1e-6)
+    expected = torch.where(live, slope / scale[:, None], 0.0) * 0.25
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=0.0)
+    assert torch.equal(grad[2], torch.zeros(w.size(1)))
 
 
 def test_hard_compress_is_nearest_and_idempotent():

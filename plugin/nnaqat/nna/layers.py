@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnaqat.nna import _kernels, ops
+from nnaqat import _kernels
+from nnaqat.nna import ops
 from nnaqat.nna import reference as ref
 from nnaqat.nna.integer_model import AddOpParams, ConvParams
 from nnaqat.nna.linear import (

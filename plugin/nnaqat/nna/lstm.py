@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from nnaqat.nna import _kernels, ops
+from nnaqat import _kernels
+from nnaqat.nna import ops
 from nnaqat.nna import reference as ref
 from nnaqat.nna.linear import (
     RangeObserver,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnaqat.nna import _kernels
+from nnaqat import _kernels
 from nnaqat.nna.lut import Lut
 from nnaqat.nna.reference import INT32_MAX, INT32_MIN, AddParams, int_range
 from nnaqat.nna.spec import OVERFLOWS, ROUNDINGS

@@ -44,7 +44,8 @@ def mracos(weights: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 def mracos_and_grad(weights: torch.Tensor, centroids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(mracos(weights, centroids), its derivative)``, elementwise, in closed form without
     autograd: ``dR/dw = pi / g * sin(pi * clamp((w - c) / g, -1/2, 1/2))`` for the nearest
-    centroid ``c`` and gap ``g``. What training uses: a few elementwise passes, no graph."""
+    centroid ``c`` and gap ``g``. The definition of the compiled pass training runs
+    (``nnaqat._kernels.mracos_pull``, which the tests hold to it)."""
     e, g = _offsets(weights, centroids)
     u = e / g
     angle = u.clamp(-0.5, 0.5) * math.pi

@@ -16,6 +16,7 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
+from nnaqat import _kernels
 from nnaqat.quant.codebook import int8_levels, int8_scale, nearest_index
 from nnaqat.quant.config import QuantConfig
 from nnaqat.quant.fake_quant import (
@@ -27,7 +28,6 @@ from nnaqat.quant.fake_quant import (
     uniform_int8_levels,
 )
 from nnaqat.quant.lloyd_max import lloyd_max
-from nnaqat.quant.mracos import mracos_and_grad
 from nnaqat.registry import register
 
 
@@ -255,13 +255,13 @@ class S8bqatQuantizer(WeightQuantizer):
         for name in self.bits:
             latent = self.latent(model, name)
             levels, scale = self.codebook(name)
-            s = channel_view(scale.detach(), latent)
-            value, grad = mracos_and_grad(latent.detach() / s, levels.float())
-            # An all-zero channel (the blank's embedding row) has the floor scale: no pull, or its
+            # mracos_and_grad of latent / scale and its chain rule in one compiled pass. An
+            # all-zero channel (the blank's embedding row) has the floor scale: no pull, or its
             # gradient in float units would overflow and the clipped step would zero every other.
-            live = s > torch.finfo(torch.float32).tiny
-            value, grad = value * live, torch.where(live, grad / s, 0.0).mul_(weight / count)
-            total += float(value.sum())
+            grad, value = _kernels.mracos_pull(
+                latent.detach(), scale.detach(), levels.float(), weight / count, torch.finfo(torch.float32).tiny
+            )
+            total += float(value)
             if latent.grad is None:
                 latent.grad = grad
             else:
@@ -295,6 +295,8 @@ class CodebookSnap(nn.Module):
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
         levels, scale = self.codebook()
+        if not scale.requires_grad:  # one compiled pass (the codebook's nearest levels, scaled)
+            return straight_through(_kernels.codebook_snap(weights.detach(), scale, levels.float()), weights)
         s = channel_view(scale, weights)
         level = torch.take(levels.float(), nearest_index(weights / s.detach(), levels.float()))
         return straight_through(level * s.detach(), weights + (level - weights.detach() / s.detach()) * s)

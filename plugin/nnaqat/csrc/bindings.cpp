@@ -1,4 +1,5 @@
-// Python bindings of the compiled NNA kernels: the extension nnaqat.nna._kernels (setup.py).
+// Python bindings of the plugin's compiled kernels: the extension nnaqat._kernels (setup.py), built
+// from the emulated NNA's kernels (nnaqat/nna/csrc) and S8BQAT's (nnaqat/quant/csrc).
 
 #include <torch/extension.h>
 
@@ -26,11 +27,13 @@ std::vector<torch::Tensor> pair_lookup(torch::Tensor, torch::Tensor, double, int
                                        torch::Tensor);
 std::vector<torch::Tensor> pair_lookup_backward(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
                                                 torch::Tensor, double, double);
+at::Tensor codebook_snap(at::Tensor, at::Tensor, at::Tensor);
+std::vector<torch::Tensor> mracos_pull(torch::Tensor, torch::Tensor, torch::Tensor, double, double);
 }  // namespace nnaqat
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Compiled kernels of the emulated NNA (nnaqat.nna): the integer LSTM recurrence and "
-            "one-pass element-wise operators";
+  m.doc() = "Compiled kernels of nnaqat: the emulated NNA's integer LSTM recurrence and one-pass "
+            "element-wise operators (nnaqat.nna); S8BQAT's codebook snap and MRACos pull (nnaqat.quant)";
   m.def("lstm_forward", &nnaqat::lstm_forward, "integer LSTM recurrence, no gradient (lstm.cpp)");
   m.def("lstm_backward", &nnaqat::lstm_backward, "straight-through backward pass of lstm_forward");
   m.def("quantize_codes", &nnaqat::quantize_codes, "ops.quantize's codes and clamp mask");
@@ -43,4 +46,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_divide", &nnaqat::masked_divide, "grad / divisor[channel] where inside, float32");
   m.def("pair_lookup", &nnaqat::pair_lookup, "NnaAddTanh through its pair table");
   m.def("pair_lookup_backward", &nnaqat::pair_lookup_backward, "gradients of pair_lookup");
+  m.def("codebook_snap", &nnaqat::codebook_snap, "weights onto their nearest codebook level, times the scale");
+  m.def("mracos_pull", &nnaqat::mracos_pull, "S8BQAT's MRACos gradient and penalty sum in one pass");
 }
