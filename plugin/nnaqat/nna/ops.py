@@ -557,8 +557,9 @@ def expanded_derivative(lut: Lut) -> torch.Tensor:
     """:func:`lut_derivative` at every input code, float32 ``(2**input_bits,)``, for the
     compiled backward passes (built once per table)."""
     low, high = int_range(lut.input.bits)
-    codes = torch.arange(low, high + 1, dtype=torch.float32)
-    return _built_once(_expanded_derivatives, lut, lambda: lut_derivative(codes, lut))
+    return _built_once(
+        _expanded_derivatives, lut, lambda: lut_derivative(torch.arange(low, high + 1, dtype=torch.float32), lut)
+    )
 
 
 def embedding_lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
