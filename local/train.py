@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from nnaqat import registry
+from nnaqat.models.transducer import TransducerConfig
 from nnaqat.quant import QuantConfig
 from nnaqat.trainer import TrainConfig, train
 
@@ -47,12 +48,12 @@ def main() -> None:
     args = vars(get_parser().parse_args())
     model = yaml.safe_load(args.pop("model_config").read_text()) if args.get("model_config") else {}
     args.pop("model_config", None)
+    defaults = {f.name: f.default for f in dataclasses.fields(TransducerConfig)}
     for kind in ("encoder", "predictor", "joiner"):
         name = args.pop(kind)
-        if name:
+        if name and name != model.get(kind, defaults[kind]):
             model[kind] = name
-            if model.get(f"{kind}_kwargs") and name != model.get(kind):
-                model[f"{kind}_kwargs"] = {}
+            model.pop(f"{kind}_kwargs", None)  # they were the replaced variant's arguments
     quant = QuantConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(QuantConfig)})
     train(TrainConfig(model=model, quant=quant, **args))
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nnaqat.checkpoint import load_checkpoint, save_checkpoint
 from nnaqat.data.datamodule import batch_to_tensors
 from nnaqat.trainer import TrainConfig, lr_factor, pruned_loss_scale, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 MODEL = {
     "encoder_kwargs": {"hidden_size": 48, "num_layers": 1, "dropout": 0.1},
@@ -92,10 +98,18 @@ def test_checkpoint_writes_are_atomic(tmp_path):
 
 
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
-    train(config(tiny_data, tmp_path, num_epochs=1, world_size=2, num_threads=1))
-    state = load_checkpoint(tmp_path / "epoch-1.pt")
-    assert state["train_config"]["world_size"] == 2
-    assert math.isfinite(state["history"][0]["dev_pruned_loss"])
+    train(config(tiny_data, tmp_path / "ddp", num_epochs=1, max_duration=20.0, world_size=2, num_threads=1))
+    train(config(tiny_data, tmp_path / "single", num_epochs=1, max_duration=20.0, num_threads=1))
+    ddp, single = (load_checkpoint(tmp_path / run / "epoch-1.pt") for run in ("ddp", "single"))
+    assert math.isfinite(ddp["history"][0]["dev_pruned_loss"])
+    # Each rank takes its share of the epoch's batches (less each bucket's partial last one).
+    steps = ddp["batch_idx_train"], single["batch_idx_train"]
+    assert 0 < steps[0] <= (steps[1] + 1) // 2, steps
+
+
+def test_ddp_with_no_full_batch_is_an_error(tiny_data, tmp_path):
+    with pytest.raises(Exception, match="gets no full batch"):
+        train(config(tiny_data, tmp_path, num_epochs=1, max_duration=60.0, world_size=2, num_threads=1))
 
 
 def test_non_finite_losses_are_skipped_and_counted(tiny_data, tmp_path):
@@ -147,3 +161,19 @@ def test_repeat_marked_targets_follow_the_model_into_fine_tuning(tiny_data, tmp_
     save_checkpoint(tmp_path / "marked.pt", marked._state(1, True))
     fine_tune = Trainer(config(tiny_data, tmp_path / "ft", init_checkpoint=str(tmp_path / "marked.pt")))
     assert fine_tune.model.config.mark_repeats and fine_tune.tokenizer.mark_repeats
+
+
+def test_variant_flag_drops_the_replaced_variants_arguments(tiny_data, tmp_path):
+    """`--predictor lstm` over a config written for the stateless predictor (whose `context_size`
+    the LSTM predictor does not take) builds the LSTM predictor with its own defaults."""
+    model_config = tmp_path / "model.yaml"
+    model_config.write_text(yaml.safe_dump({**MODEL, "predictor": "stateless",
+                                            "predictor_kwargs": {"embedding_dim": 32, "context_size": 2}}))
+    cmd = [sys.executable, REPO / "local/train.py", "--train-cuts", tiny_data.train, "--dev-cuts", tiny_data.dev,
+           "--bpe-model", tiny_data.bpe_model, "--model-config", model_config, "--exp-dir", tmp_path / "exp",
+           "--num-epochs", 1, "--max-duration", 60, "--progress", "false"]
+    done = subprocess.run([*map(str, cmd), "--predictor", "lstm"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = load_checkpoint(tmp_path / "exp" / "epoch-1.pt")["model_config"]
+    assert model["predictor"] == "lstm" and model["predictor_kwargs"] == {}
+    assert model["encoder_kwargs"] == MODEL["encoder_kwargs"]  # the variants not overridden keep theirs

@@ -155,6 +155,11 @@ class Trainer:
             rank=rank,
         )
         self.batches_per_epoch = sum(1 for _ in self.train_dl.sampler)
+        if self.batches_per_epoch == 0:  # DDP drops each bucket's last, partial batch
+            raise ValueError(
+                f"{config.train_cuts}: rank {rank} of {config.world_size} gets no full batch of "
+                f"{config.max_duration} s; lower --max-duration or use fewer processes"
+            )
         total = self.batches_per_epoch * config.num_epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config.warmup_batches, total)
