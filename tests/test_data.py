@@ -90,16 +90,24 @@ def test_fbank_features_match_settings(fsdd_manifests, tmp_path):
     np.testing.assert_allclose(with_feats[0].load_features(), fresh, atol=0.1)
 
 
-def test_random_gain_is_exact_volume_change():
+def test_random_gain_equals_the_fbank_of_scaled_audio(fsdd_manifests, monkeypatch):
     import torch
 
-    x = torch.tensor([[[LOG_ENERGY_FLOOR, -3.0, 1.0]]])
-    torch.manual_seed(0)
-    y = RandomGain(10.0)(x)
-    offset = y[0, 0, 2] - x[0, 0, 2]
-    assert abs(float(offset)) <= np.log(10.0) + 1e-6
-    assert y[0, 0, 0] == LOG_ENERGY_FLOOR  # digital silence stays silent
-    assert y[0, 0, 1] == pytest.approx(max(-3.0 + float(offset), LOG_ENERGY_FLOOR))
+    audio = fsdd_manifests["test"]["recordings"][0].resample(SAMPLING_RATE).load_audio()
+    extractor = fbank_extractor()
+    features = torch.from_numpy(extractor.extract(audio, SAMPLING_RATE))[None]
+    below_floor = features[0].numpy() <= LOG_ENERGY_FLOOR + 1e-4
+    for draw, db in ((1.0, 10.0), (0.0, -10.0)):  # the two ends of the gain range
+        scaled = extractor.extract(audio * 10.0 ** (db / 20.0), SAMPLING_RATE)
+        monkeypatch.setattr(torch, "rand", lambda *size: torch.full(size, draw))
+        gained = RandomGain(10.0)(features)[0].numpy()
+        monkeypatch.undo()
+        # Entries at the floor stay there (their energy is unknown below it); every other entry,
+        # clamped ones included, is the scaled audio's fbank.
+        assert (gained[below_floor] == features[0].numpy()[below_floor]).all()
+        np.testing.assert_allclose(gained[~below_floor], scaled[~below_floor], atol=2e-3)
+        if db < 0:
+            assert (scaled <= LOG_ENERGY_FLOOR + 1e-4).sum() > below_floor.sum()  # the clamp was exercised
 
 
 def test_mel_warp_moves_a_tone_like_a_frequency_scale():

@@ -4,7 +4,9 @@ import itertools
 import math
 import subprocess
 import sys
+import types
 
+import fast_rnnt  # built by local/setup_env.sh: its absence is a failure, not a skip
 import pytest
 import torch
 
@@ -233,15 +235,25 @@ T_LENS, U_LENS = [10, 7, 4, 9], [5, 3, 1, 5]
 B_, T_, U_, V_ = 4, 10, 5, 8
 
 
-def test_backend_selection():
-    pytest.importorskip("fast_rnnt")
-    assert rnnt_backend_name() in ("k2", "fast_rnnt")
-    assert hasattr(rnnt_backend(), "rnnt_loss_pruned")
+def test_backend_prefers_k2_and_falls_back_to_fast_rnnt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "k2", None)  # k2 has no build for this Python and torch
+    backend_mod.rnnt_backend.cache_clear()
+    try:
+        assert rnnt_backend_name() == "fast_rnnt" and rnnt_backend() is fast_rnnt
+        k2 = types.ModuleType("k2")
+        k2.__dict__.update({name: getattr(fast_rnnt, name) for name in backend_mod._REQUIRED})
+        monkeypatch.setitem(sys.modules, "k2", k2)
+        backend_mod.rnnt_backend.cache_clear()
+        assert rnnt_backend() is k2
+        del k2.rnnt_loss_pruned  # a k2 without the pruned loss is passed over
+        backend_mod.rnnt_backend.cache_clear()
+        assert rnnt_backend() is fast_rnnt
+    finally:
+        backend_mod.rnnt_backend.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_fast_rnnt_full_loss(dtype):
-    fast_rnnt = pytest.importorskip("fast_rnnt")
     logits, targets, tl, ul = _random_batch(B_, T_, U_, V_, T_LENS, U_LENS, dtype=dtype, seed=10)
     logits = 3.0 * logits
     ref = reference_rnnt_loss(logits, targets, tl, ul, blank=BLANK)
@@ -255,7 +267,6 @@ def test_matches_fast_rnnt_full_loss(dtype):
 
 
 def test_gradient_matches_fast_rnnt():
-    fast_rnnt = pytest.importorskip("fast_rnnt")
     logits, targets, tl, ul = _random_batch(B_, T_, U_, V_, T_LENS, U_LENS, seed=11)
     x_ref = logits.clone().requires_grad_()
     reference_rnnt_loss(x_ref, targets, tl, ul).sum().backward()
@@ -294,7 +305,6 @@ def _pruned_loss(fast_rnnt, am, lm, targets, boundary, s_range):
 
 
 def test_pruned_with_full_range_equals_full_loss():
-    fast_rnnt = pytest.importorskip("fast_rnnt")
     am, lm, targets, tl, ul = _pruned_setup(seed=12)
     boundary = _boundary(tl, ul)
 
@@ -318,7 +328,6 @@ def test_pruned_with_full_range_equals_full_loss():
 
 
 def test_pruned_with_narrow_range_upper_bounds_full_loss():
-    fast_rnnt = pytest.importorskip("fast_rnnt")
     am, lm, targets, tl, ul = _pruned_setup(seed=13)
     ref = reference_rnnt_loss(am[:, :, None, :] + lm[:, None, :, :], targets, tl, ul)
     pruned, ranges = _pruned_loss(fast_rnnt, am, lm, targets, _boundary(tl, ul), s_range=2)
