@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generic recipe driver (ESPnet asr.sh style). Run it from a corpus folder, egs/<corpus>/, which
 # holds the corpus's own data preparation (local/prepare_data.py) and conf/; outputs go to
-# ./data and ./exp there. Every stage is idempotent: it skips work whose outputs exist.
+# ./data and ./exp there. Every stage can be rerun: stages 0-5 skip work whose outputs exist,
+# decoding and export (6-9) redo theirs.
 #
 #   ../../run.sh --corpus fsdd --stage 0 --stop-stage 9
 set -euo pipefail
