@@ -76,10 +76,12 @@ def test_quantizer_is_chosen_by_flag(fp32, tiny_data, tmp_path, quantizer):
     pack = tmp_path / "model.pack"
     done = run([REPO / "local/export_packed.py", "--exp-dir", tmp_path, "--epoch", 1, "--out", pack])
     assert "packed" in done.stdout and pack.is_file()
-    # The side-car decodes as it is.
-    run([REPO / "local/decode.py", "--exp-dir", tmp_path, "--checkpoint", pack, "--bpe-model", tiny_data.bpe_model,
-         "--cuts", f"dev={tiny_data.dev}"])
-    assert (tmp_path / "greedy_search" / "errs-dev-model.txt").read_text().startswith("%WER")
+    # The side-car decodes as it is, to the checkpoint's hypotheses.
+    for checkpoint in (pack, tmp_path / "epoch-1.pt"):
+        run([REPO / "local/decode.py", "--exp-dir", tmp_path, "--checkpoint", checkpoint,
+             "--bpe-model", tiny_data.bpe_model, "--cuts", f"dev={tiny_data.dev}"])
+    recogs = [(tmp_path / "greedy_search" / f"recogs-dev-{name}.txt").read_text() for name in ("model", "epoch-1")]
+    assert recogs[0] == recogs[1] and "hyp=" in recogs[0]
 
 
 def test_post_training_quantization_flag(fp32, tiny_data, tmp_path):
