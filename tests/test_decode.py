@@ -13,7 +13,6 @@ from lhotse import Recording, load_manifest
 
 from nnaqat.checkpoint import load_model
 from nnaqat.data.fsdd import DIGIT_WORDS
-from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode import greedy_search, modified_beam_search
 from nnaqat.decode.wer import error_stats, read_recogs, run_length_confusion, runs, write_error_stats, write_recogs
 from nnaqat.trainer import TrainConfig, train
@@ -149,8 +148,3 @@ def test_decode_wav_files_any_rate(small_exp_dir, small_checkpoint, tiny_data, f
     assert hyps["7_theo_3"] in DIGIT_WORDS
     failed = subprocess.run(base + ["--wavs", str(broken)], capture_output=True, text=True)
     assert failed.returncode != 0 and "broken.wav" in failed.stderr
-
-
-def test_tokenizer_roundtrip_in_results(tiny_data):
-    tokenizer = Tokenizer(tiny_data.bpe_model)
-    assert tokenizer.decode(tokenizer.encode("nine eight")) == "nine eight"

@@ -84,16 +84,22 @@ def test_requantize_refuses_shifts_float64_cannot_hold():
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_requantize_parity_on_a_large_sweep(rounding):
-    """Two hundred thousand vectorized cases, half of them exact ties, over the whole domain."""
+    """Two hundred thousand vectorized cases over the whole domain; the second hundred thousand are
+    exact ties, a third of them inside the 24-bit output range (the rest saturate)."""
     rng = np.random.default_rng(7)
     n = 100_000
     acc = rng.integers(INT32_MIN, INT32_MAX + 1, n)
     multiplier = rng.integers(2**30, 2**31, n)
     shift = rng.integers(-31, 31, n)
     a, b = rng.integers(0, 31, n), rng.integers(0, 16, n)
-    tie_multiplier = np.maximum((rng.integers(2**29, 2**30, n) * 2 + 1) >> a << a, 2**30)
+    # acc * multiplier * 2**(shift - 31) = odd * odd / 2: exactly halfway between two integers.
+    tie_multiplier = np.maximum(((rng.integers(2**29, 2**30, n) * 2 + 1) >> a | 1) << a, 2**30)
     tie_acc = (rng.integers(-(2**14), 2**14, n) * 2 + 1) << b
     tie_shift = np.clip(30 - a - b, -31, 30)
+    exponent = 31 - tie_shift
+    product = tie_acc * tie_multiplier
+    assert (np.abs(product) % 2**exponent == 2 ** (exponent - 1)).all()
+    assert (np.abs(product) < 2.0 ** (23 + exponent)).mean() > 0.3
     acc, multiplier = np.concatenate([acc, tie_acc]), np.concatenate([multiplier, tie_multiplier])
     shift = np.concatenate([shift, tie_shift])
     expected = ref.requantize_output(acc, multiplier, shift, 0, 24, rounding)
