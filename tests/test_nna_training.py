@@ -30,7 +30,7 @@ def observer_ranges(model: torch.nn.Module) -> dict:
 @pytest.fixture(scope="module")
 def aat_run(tiny_data, small_checkpoint, tmp_path_factory):
     """One epoch of AAT from the fp32 baseline, with 6-bit uniform weights; the ranges right
-    after calibration and the weights before training."""
+    after calibration, the weights before training, and a training batch with its loss then."""
     exp = tmp_path_factory.mktemp("aat")
     config = TrainConfig(
         train_cuts=str(tiny_data.train), dev_cuts=str(tiny_data.dev), bpe_model=str(tiny_data.bpe_model),
@@ -41,12 +41,16 @@ def aat_run(tiny_data, small_checkpoint, tmp_path_factory):
     trainer = Trainer(config)
     calibrated = observer_ranges(trainer.model)
     weights = copy.deepcopy(trainer.model.encoder.layers[0].state_dict())
+    batch = next(iter(trainer.train_dl))
+    torch.manual_seed(0)  # the same dropout draws before and after training
+    with torch.no_grad():
+        before = trainer.compute_loss(batch)[0].item()
     trainer.run()
-    return exp, trainer, calibrated, weights
+    return exp, trainer, calibrated, weights, (batch, before)
 
 
 def test_training_converts_calibrates_freezes_and_learns(aat_run):
-    exp, trainer, calibrated, weights = aat_run
+    exp, trainer, calibrated, weights, before = aat_run
     model = trainer.model
     assert isinstance(model.encoder, NnaLstmEncoder) and model.quantizer is not None
     assert calibrated and all(m.frozen for m in model.modules() if isinstance(m, RangeObserver))
@@ -57,11 +61,15 @@ def test_training_converts_calibrates_freezes_and_learns(aat_run):
     state = load_checkpoint(exp / "epoch-1.pt")
     assert state["nna_spec"]["lstm"]["gate"] == "Q3.12"
     history = state["history"][-1]
-    assert torch.isfinite(torch.tensor([history["train_loss_per_frame"], history["dev_pruned_loss"]])).all()
+    assert torch.isfinite(torch.tensor(history["train_loss_per_frame"]))
+    batch, loss_before = before
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert trainer.compute_loss(batch)[0].item() < loss_before  # it learns what it is trained on
 
 
 def test_checkpoint_decodes_identically_through_the_integer_engine(aat_run, tiny_data):
-    exp, _, _, _ = aat_run
+    exp = aat_run[0]
     model = load_model([exp / "epoch-1.pt"])  # converted, quantizer finalized, ranges restored
     assert isinstance(model.encoder, NnaLstmEncoder)
     tokenizer = Tokenizer(tiny_data.bpe_model)
