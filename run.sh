@@ -18,11 +18,13 @@ local_tarball=""             # use this corpus archive instead of downloading
 manifest_dir=""              # prepare these lhotse manifests ({prefix}_{recordings,supervisions}_{part}.jsonl.gz)
                              # instead of the corpus's own preparation (stages 0-2)
 manifest_prefix=""           # prefix of those manifests (default: $corpus)
-parts="train dev test"       # first part is the training set, second the dev set
+parts=""                     # first part is the training set, second the dev set; default "train dev test",
+                             # for FSDD also "isolated" (its single test words as recorded, no added silence)
 num_train=6000               # FSDD connected-digit utterances per split
 num_dev=500
 num_test=500
 train_repeat_prob=0.3        # FSDD training utterances: chance that a word repeats the previous digit
+train_min_edge=0.0           # FSDD training utterances: shortest edge silence (s), 0: speech may start at once
 holdout_speaker=""           # train without this speaker, test on all its recordings
 speed_perturb="0.9 1.1"      # extra training copies at these speeds ("" for none)
 vocab_size=32
@@ -55,7 +57,7 @@ qat_args="--ste-forward true"  # extra local/train.py flags for it (snapped forw
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
-  num_test train_repeat_prob holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
+  num_test train_repeat_prob train_min_edge holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
   spec_augment gain_db eq_db ctc_loss_scale train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
@@ -69,6 +71,10 @@ prefix=${manifest_prefix:-$corpus}
 data=data${holdout_speaker:+/holdout-$holdout_speaker}
 lang=data/lang_bpe_${vocab_size}
 exp=exp/${exp_tag:-fp32${holdout_speaker:+-holdout-$holdout_speaker}}
+if [ -z "$parts" ]; then
+  parts="train dev test"
+  if [ -z "$manifest_dir" ] && [ "$corpus" = fsdd ]; then parts+=" isolated"; fi
+fi
 read -r -a part_list <<< "$parts"
 train_part=${part_list[0]}
 dev_part=${part_list[1]}
@@ -108,6 +114,7 @@ else
     log "utterances ${holdout_speaker:+(holding out $holdout_speaker)}"
     "${prep[@]}" cuts --manifest-dir data/manifests --output-dir "$data/manifests" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --train-repeat-prob "$train_repeat_prob" \
+      --train-min-edge "$train_min_edge" \
       ${holdout_speaker:+--holdout-speaker "$holdout_speaker"}
     touch "$data/manifests/.cuts.done"
   fi

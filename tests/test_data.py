@@ -47,6 +47,22 @@ def test_connected_digits_no_leakage_and_deterministic(fsdd_manifests):
     assert audio.shape[1] == pytest.approx(first[0].duration * 8000, abs=2)
 
 
+def test_connected_digits_without_edge_silence_start_and_end_on_speech(fsdd_manifests):
+    """Training utterances may have no silence at the edges (``--train-min-edge 0``), as a
+    recording trimmed to the spoken word has; the words are the same draw as with silences."""
+    words = CutSet.from_manifests(**fsdd_manifests["test"])
+    tight = ConnectedDigitsConfig(min_edge=0.0, max_edge=0.0)
+    bare = compose_connected_digits(words, 20, seed=7, prefix="test", config=tight)
+    padded = compose_connected_digits(words, 20, seed=7, prefix="test")
+    for cut, reference in zip(bare, padded):
+        assert cut.supervisions[0].text == reference.supervisions[0].text
+        assert cut.tracks[0].offset == 0 and all(t.cut.id.count("_w") for t in cut.tracks)  # no padding track
+        spoken = sum(t.cut.duration for t in cut.tracks)
+        assert spoken <= cut.duration < reference.duration  # words and the gaps between them only
+    audio = bare[0].load_audio()
+    assert audio.shape[1] == pytest.approx(bare[0].duration * 8000, abs=2) and abs(audio[0, 0]) > 0
+
+
 def test_repeated_digits_are_drawn_more_often_with_repeat_prob(fsdd_manifests):
     words = CutSet.from_manifests(**fsdd_manifests["train"])
 

@@ -2,6 +2,7 @@
 """FSDD data preparation: corpus, lhotse manifests, connected-digit cuts (recipe stages 0-2)."""
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--train-repeat-prob", type=float, default=0.0,
                         help="training utterances: chance that a word repeats the previous digit")
+    parser.add_argument("--train-min-edge", type=float, default=ConnectedDigitsConfig.min_edge,
+                        help="training utterances: shortest silence (s) before the first and after the last "
+                             "word; dev and test keep the default")
     return parser.parse_args()
 
 
@@ -59,12 +63,18 @@ def main() -> None:
                 chosen = [args.holdout_speaker]
             else:
                 chosen = [s for s in speakers if s != args.holdout_speaker]
-        config = ConnectedDigitsConfig(repeat_prob=args.train_repeat_prob if split == "train" else 0.0)
+        config = ConnectedDigitsConfig()
+        if split == "train":
+            config = dataclasses.replace(config, repeat_prob=args.train_repeat_prob, min_edge=args.train_min_edge)
         cuts = compose_connected_digits(
             pool, counts[split], seed=args.seed * 10 + index, prefix=split, config=config, speakers=chosen
         )
         cuts.to_file(args.output_dir / f"fsdd_cuts_{split}_raw.jsonl.gz")
         logging.info("%s: %d utterances from %s", split, len(cuts), chosen)
+        if split == "test":  # the same speakers' single words as recorded, trimmed to the speech
+            isolated = pool.filter(lambda cut: cut.supervisions[0].speaker in chosen).to_eager()
+            isolated.to_file(args.output_dir / "fsdd_cuts_isolated_raw.jsonl.gz")
+            logging.info("isolated: %d single-word recordings from %s", len(isolated), chosen)
 
 
 if __name__ == "__main__":

@@ -198,14 +198,12 @@ def _join(cut_id: str, words: List[Cut], gaps: List[float], edges: Tuple[float, 
         tracks.append(MixTrack(cut=fastcopy(word, id=f"{cut_id}_w{i}", supervisions=[]), offset=offset))
         offset += word.duration + (gaps[i] if i < len(gaps) else 0.0)
     sampling_rate = words[0].sampling_rate
-    tail = PaddingCut(
-        id=f"{cut_id}_pad",
-        duration=edges[1],
-        sampling_rate=sampling_rate,
-        feat_value=LOG_EPSILON,
-        num_samples=compute_num_samples(edges[1], sampling_rate),
-    )
-    joined = MixedCut(id=cut_id, tracks=tracks + [MixTrack(cut=tail, offset=offset)])
+    tail_samples = compute_num_samples(edges[1], sampling_rate)
+    if tail_samples > 0:
+        tail = PaddingCut(id=f"{cut_id}_pad", duration=edges[1], sampling_rate=sampling_rate,
+                          feat_value=LOG_EPSILON, num_samples=tail_samples)
+        tracks.append(MixTrack(cut=tail, offset=offset))
+    joined = MixedCut(id=cut_id, tracks=tracks)
     # One supervision spanning the utterance, anchored on the first word's track.
     first = joined.tracks[0]
     first.cut.supervisions = [
