@@ -3,7 +3,10 @@
 side by side in one run.
 
 The same real batches go through one Trainer per variant, round-robin (so machine load hits
-every variant alike); the median seconds per step and the ratio to fp32 are printed. Variants:
+every variant alike), the order rotated every step (so no variant always runs after the same
+one); the median seconds per step are printed, with two ratios to the reference: the ratio of
+the medians, and the median of the per-step ratios (each pairs runs of the same batch moments
+apart, so it cancels the machine's drift and the batches' sizes). Variants:
 a quantizer name (``none`` is fp32), ``aat`` (``--nna-spec``, no quantizer) or ``aat+QUANTIZER``.
 Run from egs/fsdd after stage 6:
 
@@ -56,22 +59,26 @@ def main() -> None:
             trainers[name] = Trainer(config)
         batches = iter(next(iter(trainers.values())).train_dl)
         times = {name: [] for name in trainers}
+        names = list(trainers)
         for step in range(args.warmup_steps + args.steps):
             batch = next(batches)
-            for name, trainer in trainers.items():
+            for name in names[step % len(names):] + names[:step % len(names)]:
+                trainer = trainers[name]
                 torch.manual_seed(step)
                 started = time.perf_counter()
                 trainer.train_step(batch)
                 if step >= args.warmup_steps:
                     times[name].append(time.perf_counter() - started)
-    base = statistics.median(times[args.variants[0]])
+    reference = times[args.variants[0]]
+    base = statistics.median(reference)
     print(f"{args.steps} steps of the same real batches (max duration {args.max_duration} s), "
           f"{torch.get_num_threads()} threads, {args.weight_bits}-bit weights, s8bqat ste_forward={args.ste_forward}")
-    print(f"| variant | median s/step | ratio to {args.variants[0]} |")
-    print("|---|---|---|")
+    print(f"| variant | median s/step | ratio of medians to {args.variants[0]} | median per-step ratio |")
+    print("|---|---|---|---|")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.4f} | {median / base:.3f} |")
+        paired = statistics.median(value / ref for value, ref in zip(values, reference))
+        print(f"| {name} | {median:.4f} | {median / base:.3f} | {paired:.3f} |")
 
 
 if __name__ == "__main__":
