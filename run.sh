@@ -54,11 +54,15 @@ codebook=channel             # s8bqat codebook scale: per output "channel", or p
 qat_epochs=1                 # quantization-aware fine-tuning epochs (quantizers that train)
 qat_lr=0.0002                # low: at 0.001 one epoch of 3-bit QAT wrecked the model (dev 44 %)
 qat_args="--ste-forward true"  # extra local/train.py flags for it (snapped forward pass: see RESULTS.md)
+nna_runs="int8"               # stage 7: NNA models of the fp32 one, SPEC or SPEC+QUANTIZER:BITS (SPEC: conf/nna/SPEC.yaml
+                             # or a .yaml path): the post-training integer model (SPEC alone) and AAT
+aat_epochs=1                 # AAT fine-tuning epochs through the emulated NNA
+aat_lr=0.00005               # the lowest measured AAT learning rate kept unseen speakers best (README)
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
   num_test train_repeat_prob train_min_edge holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
-  spec_augment gain_db eq_db ctc_loss_scale train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nj"
+  spec_augment gain_db eq_db ctc_loss_scale train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nna_runs aat_epochs aat_lr nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
 
@@ -80,6 +84,7 @@ train_part=${part_list[0]}
 dev_part=${part_list[1]}
 decode_epoch=${decode_epoch:-$num_epochs}
 qat_avg=$((avg < qat_epochs ? avg : qat_epochs))  # QAT checkpoints averaged for decoding
+aat_avg=$((avg < aat_epochs ? avg : aat_epochs))
 mkdir -p "$exp"
 log_file=$exp/log/run-$(date +%Y%m%d-%H%M%S).log
 mkdir -p "$(dirname "$log_file")"
@@ -158,15 +163,16 @@ if run_stage 5; then
     ${predictor:+--predictor $predictor} ${joiner:+--joiner $joiner}
 fi
 
+decode_sets=()  # NAME=manifest of every set but the training one
+for part in "${part_list[@]:1}"; do decode_sets+=("$part=$data/fbank/${prefix}_cuts_${part}.jsonl.gz"); done
+
 decode() {  # decode EXP_DIR MODEL_FLAGS...: every method on every set but the training one
-  local exp_dir=$1
+  local exp_dir=$1 method
   shift
-  local sets=() part method
-  for part in "${part_list[@]:1}"; do sets+=("$part=$data/fbank/${prefix}_cuts_${part}.jsonl.gz"); done
   for method in $decode_methods; do
     log "decoding $exp_dir with $method ($*)"
     python "$root/local/decode.py" --exp-dir "$exp_dir" "$@" --bpe-model "$lang/bpe.model" \
-      --method "$method" --beam-size "$beam_size" --blank-penalty "$blank_penalty" --cuts "${sets[@]}" 2>&1 \
+      --method "$method" --beam-size "$beam_size" --blank-penalty "$blank_penalty" --cuts "${decode_sets[@]}" 2>&1 \
       | tee -a "$log_file"
   done
 }
@@ -176,12 +182,53 @@ if run_stage 6; then
   decode "$exp" --epoch "$decode_epoch" --avg "$avg"
 fi
 
-quant_exp() {  # QUANTIZER:BITS or QUANTIZER:file.yaml -> folder of that quantized model
+quant_suffix() {  # QUANTIZER:BITS or QUANTIZER:file.yaml -> -QUANTIZER-BITSbit or -QUANTIZER-STEM
   local quantizer=${1%%:*} bits=${1#*:}
-  if [[ $bits == *.yaml ]]; then echo "$exp-$quantizer-$(basename "$bits" .yaml)"; else echo "$exp-$quantizer-${bits}bit"; fi
+  if [[ $bits == *.yaml ]]; then echo "-$quantizer-$(basename "$bits" .yaml)"; else echo "-$quantizer-${bits}bit"; fi
 }
 
-if run_stage 7 && [ -n "$quant_runs" ]; then
+quant_exp() { echo "$exp$(quant_suffix "$1")"; }  # QUANTIZER:BITS -> folder of that quantized model
+
+nna_spec_file() {  # SPEC -> conf/nna/SPEC.yaml, or SPEC itself when it is a .yaml path
+  if [[ $1 == *.yaml ]]; then echo "$1"; else echo "conf/nna/$1.yaml"; fi
+}
+
+nna_exp() {  # SPEC or SPEC+QUANTIZER:BITS -> folder of its AAT model
+  local name
+  name=$(basename "$(nna_spec_file "${1%%+*}")" .yaml)
+  if [[ $1 == *+* ]]; then echo "$exp-aat-$name$(quant_suffix "${1#*+}")"; else echo "$exp-aat-$name"; fi
+}
+
+post_training_nna_exp() { echo "$exp-nna-$(basename "$(nna_spec_file "$1")" .yaml)"; }  # SPEC -> folder
+
+set_bit_flags() {  # QUANTIZER:BITS -> bit_flags: the bit-width and codebook flags of that run
+  local bits=${1#*:}
+  if [[ $bits == *.yaml ]]; then bit_flags=(--bit-config "$bits"); else bit_flags=(--weight-bits "$bits"); fi
+  bit_flags+=(--codebook "$codebook")
+}
+
+set_quant_train_flags() {  # QEXP QUANTIZER:BITS -> quant_train_flags for local/train.py (s8bqat: centroids into QEXP)
+  local qexp=$1 quantizer=${2%%:*}
+  set_bit_flags "$2"
+  quant_train_flags=(--quantizer "$quantizer" "${bit_flags[@]}")
+  if [ "$quantizer" = s8bqat ]; then
+    [ -f "$qexp/centroids.pt" ] || python "$root/local/derive_centroids.py" --checkpoint "$pretrained" \
+      "${bit_flags[@]}" --out "$qexp/centroids.pt" 2>&1 | tee -a "$log_file"
+    quant_train_flags+=(--centroids "$qexp/centroids.pt")
+  fi
+  # shellcheck disable=SC2206
+  quant_train_flags+=($qat_args)
+}
+
+decode_nna() {  # decode_nna EXP_DIR MODEL_FLAGS...: greedy search by the integer reference engine and by the
+  local exp_dir=$1  # emulated model, which must give the same hypothesis on every utterance
+  shift
+  log "decoding $exp_dir with the integer reference engine and the emulated model ($*)"
+  python "$root/local/decode.py" --exp-dir "$exp_dir" "$@" --bpe-model "$lang/bpe.model" --method greedy_search \
+    --blank-penalty "$blank_penalty" --cuts "${decode_sets[@]}" --engine integer --check-emulated 2>&1 | tee -a "$log_file"
+}
+
+if run_stage 7 && [ -n "$quant_runs$nna_runs" ]; then
   current_stage=7
   pretrained=$exp/pretrained.pt
   if [ ! -f "$pretrained" ]; then
@@ -190,30 +237,44 @@ if run_stage 7 && [ -n "$quant_runs" ]; then
   fi
   for run in $quant_runs; do
     quantizer=${run%%:*}
-    bits=${run#*:}
     qexp=$(quant_exp "$run")
-    if [[ $bits == *.yaml ]]; then bit_flags=(--bit-config "$bits"); else bit_flags=(--weight-bits "$bits"); fi
-    bit_flags+=(--codebook "$codebook")
     mkdir -p "$qexp"
     trains=$(python -c "from nnaqat import registry; print(int(registry.get('quantizer', '$quantizer').trains))")
     if [ "$trains" = 0 ]; then
+      set_bit_flags "$run"
       log "$quantizer ${bit_flags[*]}: post-training quantization of $pretrained"
       decode "$qexp" --checkpoint "$pretrained" --quantizer "$quantizer" "${bit_flags[@]}"
       python "$root/local/export_packed.py" --checkpoint "$pretrained" --quantizer "$quantizer" "${bit_flags[@]}" \
         --out "$qexp/model.pack" | tee -a "$log_file"
       continue
     fi
-    qat_flags=()
-    if [ "$quantizer" = s8bqat ]; then
-      [ -f "$qexp/centroids.pt" ] || python "$root/local/derive_centroids.py" --checkpoint "$pretrained" \
-        "${bit_flags[@]}" --out "$qexp/centroids.pt" 2>&1 | tee -a "$log_file"
-      qat_flags=(--centroids "$qexp/centroids.pt")
-    fi
-    train "$qexp" "$qat_epochs" "$qat_lr" 0 --init-checkpoint "$pretrained" --quantizer "$quantizer" \
-      "${bit_flags[@]}" "${qat_flags[@]}" $qat_args
+    set_quant_train_flags "$qexp" "$run"
+    train "$qexp" "$qat_epochs" "$qat_lr" 0 --init-checkpoint "$pretrained" "${quant_train_flags[@]}"
     decode "$qexp" --epoch "$qat_epochs" --avg "$qat_avg"
     python "$root/local/export_packed.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qat_avg" \
       --out "$qexp/model.pack" | tee -a "$log_file"
+  done
+  calibration_cuts=$data/fbank/${prefix}_cuts_${train_part}.jsonl.gz
+  for run in $nna_runs; do
+    spec_file=$(nna_spec_file "${run%%+*}")
+    [ -f "$spec_file" ] || { log "no NNA spec $spec_file (--nna-runs entry $run)"; exit 1; }
+    if [[ $run != *+* ]]; then
+      nexp=$(post_training_nna_exp "$run")
+      mkdir -p "$nexp"
+      log "$spec_file: post-training integer model of $pretrained"
+      conversion=(--nna-spec "$spec_file" --calibration-cuts "$calibration_cuts")
+      decode_nna "$nexp" --checkpoint "$pretrained" "${conversion[@]}"
+      python "$root/local/export_nna.py" --checkpoint "$pretrained" "${conversion[@]}" --bpe-model "$lang/bpe.model" \
+        --out "$nexp/model.nna.npz" 2>&1 | tee -a "$log_file"
+    fi
+    aexp=$(nna_exp "$run")
+    mkdir -p "$aexp"
+    quant_train_flags=()
+    [[ $run != *+* ]] || set_quant_train_flags "$aexp" "${run#*+}"  # AAT with sub-8-bit weights
+    train "$aexp" "$aat_epochs" "$aat_lr" 0 --init-checkpoint "$pretrained" --nna-spec "$spec_file" "${quant_train_flags[@]}"
+    decode_nna "$aexp" --epoch "$aat_epochs" --avg "$aat_avg"
+    python "$root/local/export_nna.py" --exp-dir "$aexp" --epoch "$aat_epochs" --avg "$aat_avg" \
+      --out "$aexp/model.nna.npz" 2>&1 | tee -a "$log_file"
   done
 fi
 
@@ -244,6 +305,10 @@ if run_stage 9; then
   current_stage=9
   quant_exps=()
   for run in $quant_runs; do quant_exps+=("$(quant_exp "$run")"); done
+  for run in $nna_runs; do
+    [[ $run == *+* ]] || quant_exps+=("$(post_training_nna_exp "$run")")
+    quant_exps+=("$(nna_exp "$run")")
+  done
   python "$root/local/results_table.py" --exp-dir "$exp" "${quant_exps[@]}" \
     ${quant_runs:+--plot-wer-bytes "$exp/wer-vs-bytes.png"} | tee -a "$log_file"
 fi

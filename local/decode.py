@@ -11,7 +11,8 @@ an fp32 model's weights after training (the post-training baseline).
 
 NNA checkpoints (trained with ``--nna-spec``) decode with the emulated NNA; ``--engine integer``
 decodes them with the NumPy integer reference engine instead (greedy search, bit-exact with the
-emulation). ``--nna-spec conf/nna/int8.yaml --calibration-cuts train.jsonl.gz`` converts an fp32
+emulation; ``--check-emulated`` also decodes with the emulated model, writes its results too and
+fails unless every hypothesis is the same). ``--nna-spec conf/nna/int8.yaml --calibration-cuts train.jsonl.gz`` converts an fp32
 checkpoint after training (the post-training integer model).
 """
 
@@ -26,7 +27,7 @@ from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts, named_manifests
 from nnaqat.decode.search import add_search_arguments
-from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.decode.wer import Result, differing_hypotheses, write_error_stats, write_recogs
 from nnaqat.nna.recognize import add_post_training_conversion_arguments, convert_after_training, integer_decode_cuts
 
 
@@ -43,6 +44,8 @@ def get_args() -> argparse.Namespace:
                         help="integer: the NumPy integer reference engine (NNA checkpoints, greedy search)")
     parser.add_argument("--chunk-frames", type=int, default=0,
                         help="integer engine: stream in chunks of this many encoder frames (0: whole utterances)")
+    parser.add_argument("--check-emulated", action="store_true",
+                        help="integer engine: also decode (and write) the emulated model; exit 1 unless the hypotheses agree")
     add_post_training_conversion_arguments(parser)
     return parser.parse_args()
 
@@ -58,12 +61,15 @@ def main() -> None:
         suffix += f"-blank-penalty-{args.blank_penalty:g}"
     tokenizer = Tokenizer(args.bpe_model)
     suffix += convert_after_training(model, args, tokenizer, args.max_duration)
+    emulated_suffix = suffix  # --check-emulated: the emulated model's files
     if args.engine == "integer":
         if getattr(model, "nna_spec", None) is None:
             raise SystemExit("--engine integer needs an NNA checkpoint (trained with --nna-spec) or --nna-spec")
         if args.method != "greedy_search":
             raise SystemExit("--engine integer decodes with greedy_search")
         suffix += "-integer" + (f"-chunk-{args.chunk_frames}" if args.chunk_frames else "")
+    elif args.check_emulated:
+        raise SystemExit("--check-emulated compares the integer engine with the emulation: add --engine integer")
     out_dir = args.exp_dir / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,14 +84,30 @@ def main() -> None:
         else:
             results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration,
                                    blank_penalty=args.blank_penalty)
-        write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
-        if name == "wavs":
-            for cut_id, _, hyp in sorted(results):
-                print(f"{cut_id}\t{' '.join(hyp)}")
-            continue
-        stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
-        (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{args.method}\t{stats.wer:.2f}\n")
-        logging.info("%s %s %s: WER %.2f%% (%d/%d)", name, args.method, suffix, stats.wer, stats.errors, stats.words)
+        write_results(out_dir, name, suffix, args.method, results)
+        if args.check_emulated:
+            emulated = decode_cuts(model, cuts, tokenizer, "greedy_search", args.beam_size, args.max_duration,
+                                   blank_penalty=args.blank_penalty)
+            write_results(out_dir, name, emulated_suffix, args.method, emulated)
+            differing = differing_hypotheses(results, emulated)
+            logging.info("%s: integer engine and emulated model give the same hypothesis on %d of %d utterances",
+                         name, len(results) - len(differing), len(results))
+            if differing:
+                raise SystemExit(f"{name}: the integer engine differs from the emulated model on {len(differing)} "
+                                 f"utterances, e.g. {differing[:5]}")
+
+
+def write_results(out_dir: Path, name: str, suffix: str, method: str, results: list[Result]) -> None:
+    """icefall's ``recogs-``, ``errs-`` and ``wer-summary-{name}-{suffix}.txt`` (wav files: recogs,
+    and the hypotheses printed)."""
+    write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
+    if name == "wavs":
+        for cut_id, _, hyp in sorted(results):
+            print(f"{cut_id}\t{' '.join(hyp)}")
+        return
+    stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
+    (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{method}\t{stats.wer:.2f}\n")
+    logging.info("%s %s %s: WER %.2f%% (%d/%d)", name, method, suffix, stats.wer, stats.errors, stats.words)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the side-car an NNA toolchain takes: the integer model the reference engine runs, with
 sub-8-bit weights as K-bit indices into int8 codebooks, requantization multipliers and shifts,
-zero points, LUTs and the spec (versioned ``.npz``, no pickles), and prints its size report.
+zero points, LUTs and the spec (versioned ``.npz``, no pickles), and prints its size report
+(also written beside it as ``OUT.size.json``, e.g. ``model.nna.size.json``).
 
   # a model trained with --nna-spec (AAT, with or without a quantizer):
   local/export_nna.py --exp-dir exp/aat --epoch 2 --avg 1 --out exp/aat/model.nna.npz
@@ -16,7 +17,9 @@ before the first quantization, from the checkpoint.
 """
 
 import argparse
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from nnaqat.checkpoint import add_model_arguments, load_model_from_args
@@ -52,6 +55,8 @@ def main() -> None:
         raise SystemExit(f"{args.out} does not read back to the exported integers")
     print(f"{args.out}: {args.out.stat().st_size:,} bytes on disk (read back exactly)")
     print(report.table())
+    summary = {**asdict(report), "total": report.total, "file_bytes": args.out.stat().st_size}
+    args.out.with_suffix(".size.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

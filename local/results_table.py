@@ -22,12 +22,16 @@ SUMMARY = re.compile(r"wer-summary-(?P<set>[^-]+)-(?P<suffix>.+)\.txt$")
 
 
 def weight_size(exp_dir: Path, checkpoint: Path | None) -> tuple[str, int | None]:
-    """``(bits per weight, bytes)`` of the quantizable weights: from the packed model's size
-    report when there is one, else fp32."""
+    """``(bits per weight, bytes)`` of the quantizable weights: from the packed model's or the NNA
+    side-car's size report when there is one, else fp32."""
     report = exp_dir / "model.size.json"
     if report.is_file():
         size = json.loads(report.read_text())
         return f"{size['mean_bits']:.2f}", size["packed_bytes"]
+    nna_report = exp_dir / "model.nna.size.json"  # local/export_nna.py: weights as stored for the NNA
+    if nna_report.is_file():
+        size = json.loads(nna_report.read_text())
+        return f"{8 * size['weights'] / size['weight_count']:.2f}", size["weights"]
     if checkpoint is None:
         return "?", None
     state = load_checkpoint(checkpoint)["model"]
@@ -110,7 +114,8 @@ def main() -> None:
             print(f"| {exp_dir.name} | {params} | {seconds} | {bits} | {size_text} | {method} ({match['suffix']}) "
                   f"| {match['set']} | {wer} |")
             wers.setdefault((method, match["suffix"], match["set"]), []).append(float(wer))
-            if method == "greedy_search" and match["set"] == "test" and size is not None:  # PyTorch decodes only
+            emulated_or_torch = "-integer" not in match["suffix"]  # the integer engine repeats the emulation
+            if method == "greedy_search" and match["set"] == "test" and size is not None and emulated_or_torch:
                 points.append((exp_dir.name, size, float(wer)))
     if args.mean:
         for (method, suffix, test_set), values in sorted(wers.items()):

@@ -14,7 +14,9 @@ from lhotse import Recording, load_manifest
 from nnaqat.checkpoint import load_model
 from nnaqat.data.fsdd import DIGIT_WORDS
 from nnaqat.decode import greedy_search, modified_beam_search
-from nnaqat.decode.wer import error_stats, read_recogs, run_length_confusion, runs, write_error_stats, write_recogs
+from nnaqat.decode.wer import (
+    differing_hypotheses, error_stats, read_recogs, run_length_confusion, runs, write_error_stats, write_recogs,
+)
 from nnaqat.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,15 @@ def test_recogs_roundtrip_and_bad_lines(tmp_path):
     (tmp_path / "bad.txt").write_text("u1:\thyp=['one']\n")
     with pytest.raises(ValueError, match="bad.txt:1: hypothesis of u1 before its reference"):
         read_recogs(tmp_path / "bad.txt")
+
+
+def test_differing_hypotheses_names_the_utterances_and_needs_the_same_ones():
+    ours = [("u1", ["one"], ["one"]), ("u2", ["two"], ["two"]), ("u3", ["six"], [])]
+    theirs = [("u3", ["six"], ["six"]), ("u1", ["one"], ["one"]), ("u2", ["two"], ["two"])]
+    assert differing_hypotheses(ours, theirs) == ["u3"]
+    assert differing_hypotheses(ours, ours) == []
+    with pytest.raises(ValueError, match="different utterances.*u3"):
+        differing_hypotheses(ours, theirs[1:])
 
 
 def test_run_length_confusion():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +70,38 @@ def test_results_table_lists_pytorch_and_runtime_decodes(tmp_path):
     assert "| greedy_search (epoch-8-avg-2) | test | 1.23 |" in rows[0]
     assert "| 1,234,567 (model files) | sherpa-onnx greedy_search (int8-qat-chunk-2) | test | 1.30 |" in rows[1]
     assert "| ? | streaming greedy_search (epoch-8-avg-2-chunk-2) | test | 1.23 |" in rows[2]
+
+
+def test_stage_7_nna_runs_build_checked_integer_models(tiny_data, small_checkpoint, tmp_path):
+    """``--nna-runs``: the post-training integer model of a spec and AAT through it (alone and with
+    s8bqat weights), each decoded by the emulation and by the integer engine, which must agree,
+    and written as the NNA side-car; stage 9 lists them with the side-car's weight bytes."""
+    fbank = tmp_path / "data/fbank"
+    fbank.mkdir(parents=True)
+    for part, manifest in (("train", tiny_data.train), ("dev", tiny_data.dev)):
+        shutil.copy(manifest, fbank / f"fsdd_cuts_{part}.jsonl.gz")
+    (tmp_path / "data/lang_bpe_32").mkdir()
+    shutil.copy(tiny_data.bpe_model, tmp_path / "data/lang_bpe_32/bpe.model")
+    (tmp_path / "exp/fp32").mkdir(parents=True)
+    shutil.copy(small_checkpoint, tmp_path / "exp/fp32/pretrained.pt")
+    shutil.copytree(REPO / "egs/fsdd/conf/nna", tmp_path / "conf/nna")
+    common = ["--parts", "train dev", "--speed-perturb", "", "--quant-runs", "", "--nna-runs",
+              "int8 int8+s8bqat:3", "--decode-methods", "greedy_search", "--max-duration", "60"]
+    done = run([*common, "--stage", "7", "--stop-stage", "7"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exps = ("fp32-nna-int8", "fp32-aat-int8", "fp32-aat-int8-s8bqat-3bit")
+    for exp in exps:
+        assert (tmp_path / "exp" / exp / "model.nna.npz").is_file(), exp
+    agreed = re.findall(r"(\w+): integer engine and emulated model give the same hypothesis on (\d+) of (\d+)",
+                        done.stdout)
+    assert agreed == [("dev", "24", "24")] * len(exps)
+    assert not (tmp_path / "exp/fp32-nna-int8/epoch-1.pt").exists()  # post-training: nothing trained
+    assert (tmp_path / "exp/fp32-aat-int8-s8bqat-3bit/centroids.pt").is_file()
+    done = run([*common, "--stage", "9", "--stop-stage", "9"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    size = json.loads((tmp_path / "exp/fp32-aat-int8-s8bqat-3bit/model.nna.size.json").read_text())
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32-aat-int8-s8bqat-3bit ")]
+    assert len(rows) == 2  # emulated and integer
+    assert all(f"| {size['weights']:,} |" in row for row in rows) and size["weights"] < size["weight_count"]
+    assert any("(epoch-1-avg-1-blank-penalty-1-integer) | dev |" in row for row in rows)
+    assert any("(epoch-1-avg-1-blank-penalty-1) | dev |" in row for row in rows)

@@ -99,6 +99,17 @@ def read_recogs(path: Path | str) -> List[Result]:
     return results
 
 
+def differing_hypotheses(results: Sequence[Result], others: Sequence[Result]) -> List[str]:
+    """Ids of the utterances whose hypotheses differ between two decodings of the same cuts
+    (e.g. the emulated NNA model and the integer engine); raises if the cut ids differ."""
+    hyps = {cut_id: list(hyp) for cut_id, _, hyp in results}
+    other_hyps = {cut_id: list(hyp) for cut_id, _, hyp in others}
+    if hyps.keys() != other_hyps.keys():
+        missing = sorted(hyps.keys() ^ other_hyps.keys())
+        raise ValueError(f"the two decodings cover different utterances, e.g. {missing[:5]}")
+    return sorted(cut_id for cut_id in hyps if hyps[cut_id] != other_hyps[cut_id])
+
+
 def runs(words: Sequence[str]) -> List[Tuple[str, int]]:
     """Maximal runs of one repeated word: ``a a b`` -> ``[(a, 2), (b, 1)]``."""
     return [(word, len(list(group))) for word, group in groupby(words)]
