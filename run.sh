@@ -193,13 +193,15 @@ nna_spec_file() {  # SPEC -> conf/nna/SPEC.yaml, or SPEC itself when it is a .ya
   if [[ $1 == *.yaml ]]; then echo "$1"; else echo "conf/nna/$1.yaml"; fi
 }
 
+nna_spec_name() { basename "$(nna_spec_file "$1")" .yaml; }  # SPEC -> its file's stem
+
 nna_exp() {  # SPEC or SPEC+QUANTIZER:BITS -> folder of its AAT model
   local name
-  name=$(basename "$(nna_spec_file "${1%%+*}")" .yaml)
+  name=$(nna_spec_name "${1%%+*}")
   if [[ $1 == *+* ]]; then echo "$exp-aat-$name$(quant_suffix "${1#*+}")"; else echo "$exp-aat-$name"; fi
 }
 
-post_training_nna_exp() { echo "$exp-nna-$(basename "$(nna_spec_file "$1")" .yaml)"; }  # SPEC -> folder
+post_training_nna_exp() { echo "$exp-nna-$(nna_spec_name "$1")"; }  # SPEC -> folder
 
 set_bit_flags() {  # QUANTIZER:BITS -> bit_flags: the bit-width and codebook flags of that run
   local bits=${1#*:}
