@@ -264,10 +264,10 @@ if run_stage 7 && [ -n "$quant_runs$nna_runs" ]; then
       nexp=$(post_training_nna_exp "$run")
       mkdir -p "$nexp"
       log "$spec_file: post-training integer model of $pretrained"
-      conversion=(--nna-spec "$spec_file" --calibration-cuts "$calibration_cuts")
-      decode_nna "$nexp" --checkpoint "$pretrained" "${conversion[@]}"
-      python "$root/local/export_nna.py" --checkpoint "$pretrained" "${conversion[@]}" --bpe-model "$lang/bpe.model" \
-        --out "$nexp/model.nna.npz" 2>&1 | tee -a "$log_file"
+      python "$root/local/convert_nna.py" --checkpoint "$pretrained" --nna-spec "$spec_file" \
+        --calibration-cuts "$calibration_cuts" --bpe-model "$lang/bpe.model" --out "$nexp/pretrained.pt" 2>&1 | tee -a "$log_file"
+      decode_nna "$nexp" --checkpoint "$nexp/pretrained.pt"
+      python "$root/local/export_nna.py" --checkpoint "$nexp/pretrained.pt" --out "$nexp/model.nna.npz" 2>&1 | tee -a "$log_file"
     fi
     aexp=$(nna_exp "$run")
     mkdir -p "$aexp"

@@ -6,11 +6,9 @@ baseline that quantization-aware training starts from:
 """
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
-from nnaqat.checkpoint import epoch_checkpoints, load_model, save_checkpoint
-from nnaqat.quant import QuantConfig
+from nnaqat.checkpoint import epoch_checkpoints, load_model, model_state, save_checkpoint
 
 
 def main() -> None:
@@ -23,8 +21,7 @@ def main() -> None:
     model = load_model(epoch_checkpoints(args.exp_dir, args.epoch, args.avg))
     if getattr(model, "quantizer", None) is not None:
         raise SystemExit(f"{args.exp_dir} holds a quantized model; average fp32 checkpoints only")
-    save_checkpoint(args.out, {"model": model.state_dict(), "model_config": model.config.to_dict(),
-                               "quant_config": asdict(QuantConfig())})
+    save_checkpoint(args.out, model_state(model))
     print(f"wrote {args.out} (epochs {args.epoch - args.avg + 1}..{args.epoch})")
 
 

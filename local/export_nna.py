@@ -6,10 +6,8 @@ zero points, LUTs and the spec (versioned ``.npz``, no pickles), and prints its 
 
   # a model trained with --nna-spec (AAT, with or without a quantizer):
   local/export_nna.py --exp-dir exp/aat --epoch 2 --avg 1 --out exp/aat/model.nna.npz
-  # the post-training integer model of an fp32 checkpoint:
-  local/export_nna.py --checkpoint exp/fp32/pretrained.pt --nna-spec conf/nna/int8.yaml \\
-      --calibration-cuts data/fbank/fsdd_cuts_train.jsonl.gz --bpe-model data/lang_bpe_32/bpe.model \\
-      --out exp/fp32/model.nna.npz
+  # the post-training integer model of an fp32 checkpoint, made by local/convert_nna.py:
+  local/export_nna.py --checkpoint exp/fp32-nna-int8/pretrained.pt --out exp/fp32-nna-int8/model.nna.npz
 
 ``nnaqat.nna.engine.IntegerTransducer.load(OUT)`` rebuilds the integer model from the file. The
 float front end (band limit, mean and variance normalisation) is not in it: it runs on the CPU
@@ -17,36 +15,28 @@ before the first quantization, from the checkpoint.
 """
 
 import argparse
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from nnaqat.checkpoint import add_model_arguments, load_model_from_args
-from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.nna.export import export_integer_model
 from nnaqat.nna.integer_model import load_integer_model, save_integer_model, to_arrays
-from nnaqat.nna.recognize import add_post_training_conversion_arguments, convert_after_training
+from nnaqat.sizes import write_size_summary
 
 
 def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="side-car to write (.npz)")
-    parser.add_argument("--bpe-model", type=Path, help="needed with --calibration-cuts")
-    parser.add_argument("--max-duration", type=float, default=300.0)
-    add_post_training_conversion_arguments(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = get_args()
     model, _ = load_model_from_args(args)
-    if args.calibration_cuts and not args.bpe_model:
-        raise SystemExit("--calibration-cuts needs --bpe-model")
-    convert_after_training(model, args, Tokenizer(args.bpe_model) if args.bpe_model else None, args.max_duration)
     if getattr(model, "nna_spec", None) is None:
-        raise SystemExit("not an NNA model: give a checkpoint trained with --nna-spec, or --nna-spec and --calibration-cuts")
+        raise SystemExit("not an NNA model: give a checkpoint trained with --nna-spec or made by local/convert_nna.py")
     integer = export_integer_model(model.eval())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = save_integer_model(integer, args.out)
@@ -55,8 +45,7 @@ def main() -> None:
         raise SystemExit(f"{args.out} does not read back to the exported integers")
     print(f"{args.out}: {args.out.stat().st_size:,} bytes on disk (read back exactly)")
     print(report.table())
-    summary = {**asdict(report), "total": report.total, "file_bytes": args.out.stat().st_size}
-    args.out.with_suffix(".size.json").write_text(json.dumps(summary, indent=1))
+    write_size_summary(args.out, report.weight_size, {**asdict(report), "total": report.total})
 
 
 if __name__ == "__main__":

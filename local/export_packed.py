@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
 """Writes a quantized model as the packed side-car (K-bit indices, int8 codebooks, scales) and
-prints its size against fp32 and per-channel int8:
+prints its size against fp32 and per-channel int8 (also written beside it, ``model.size.json``):
 
   local/export_packed.py --exp-dir exp/s8bqat-2bit --epoch 4 --avg 2 --out exp/s8bqat-2bit/model.pack
   local/export_packed.py --checkpoint exp/fp32/pretrained.pt --quantizer ptq --weight-bits 8 --out int8.pack
 """
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from nnaqat.checkpoint import epoch_checkpoints, load_model
 from nnaqat.export import load_packed, save_packed
 from nnaqat.quant import quantize_
 from nnaqat.quant.config import add_post_training_arguments, is_training_only, post_training_config
+from nnaqat.sizes import write_size_summary
 
 
 def main() -> None:
@@ -39,8 +39,7 @@ def main() -> None:
     if mismatched:
         raise SystemExit(f"{args.out} does not reload to the same weights: {mismatched}")
     print(report.table())
-    summary = {**asdict(report), "mean_bits": report.mean_bits, "file_bytes": args.out.stat().st_size}
-    args.out.with_suffix(".size.json").write_text(json.dumps(summary, indent=1))
+    write_size_summary(args.out, report.weight_size, asdict(report))
 
 
 if __name__ == "__main__":

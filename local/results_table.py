@@ -15,23 +15,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nnaqat.checkpoint import load_checkpoint  # noqa: E402
 from nnaqat.quant import quantizable_parameters  # noqa: E402
+from nnaqat.sizes import read_weight_size  # noqa: E402
 
 # Buffers in the state dict that are statistics or codebooks, not trained parameters.
 NOT_PARAMETERS = ("encoder.feature_norm.", "encoder.cmn.", "quantizer.")
+SIZE_SUMMARIES = ("model.size.json", "model.nna.size.json")  # local/export_packed.py, local/export_nna.py
 SUMMARY = re.compile(r"wer-summary-(?P<set>[^-]+)-(?P<suffix>.+)\.txt$")
 
 
 def weight_size(exp_dir: Path, checkpoint: Path | None) -> tuple[str, int | None]:
     """``(bits per weight, bytes)`` of the quantizable weights: from the packed model's or the NNA
     side-car's size report when there is one, else fp32."""
-    report = exp_dir / "model.size.json"
-    if report.is_file():
-        size = json.loads(report.read_text())
-        return f"{size['mean_bits']:.2f}", size["packed_bytes"]
-    nna_report = exp_dir / "model.nna.size.json"  # local/export_nna.py: weights as stored for the NNA
-    if nna_report.is_file():
-        size = json.loads(nna_report.read_text())
-        return f"{8 * size['weights'] / size['weight_count']:.2f}", size["weights"]
+    for report in SIZE_SUMMARIES:
+        if (exp_dir / report).is_file():
+            size = read_weight_size(exp_dir / report)
+            return f"{size.index_bits:.2f}", size.stored_bytes
     if checkpoint is None:
         return "?", None
     state = load_checkpoint(checkpoint)["model"]

@@ -27,6 +27,7 @@ from nnaqat.nna.engine import IntegerTransducer
 from nnaqat.nna.export import export_integer_model
 from nnaqat.nna.integer_model import VERSION, load_integer_model, save_integer_model, to_arrays
 from nnaqat.quant import QuantConfig, quantize_
+from nnaqat.sizes import read_weight_size
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = {name: NnaSpec.from_yaml(REPO / f"egs/fsdd/conf/nna/{name}.yaml") for name in ("int8", "harsh")}
@@ -257,16 +258,30 @@ def test_nna_refuses_models_it_cannot_emulate(small_checkpoint):
         nna_(projected, SPECS["int8"])
 
 
-def test_export_nna_script_writes_a_side_car_the_engine_loads(small_checkpoint, tiny_data, tmp_path):
-    out = tmp_path / "model.nna.npz"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "local/export_nna.py"), "--checkpoint", str(small_checkpoint),
+def test_convert_then_export_nna_scripts_write_a_side_car_the_engine_loads(small_checkpoint, tiny_data, tmp_path):
+    """``local/convert_nna.py`` (post-training conversion, here with 3-bit weights) saves an NNA
+    checkpoint that loads back converted and calibrated; ``local/export_nna.py`` writes its side-car
+    and the size summary."""
+    converted, out = tmp_path / "pretrained.pt", tmp_path / "model.nna.npz"
+    subprocess.run(
+        [sys.executable, str(REPO / "local/convert_nna.py"), "--checkpoint", str(small_checkpoint),
          "--nna-spec", str(REPO / "egs/fsdd/conf/nna/int8.yaml"), "--calibration-cuts", str(tiny_data.train),
-         "--calibration-batches", "2", "--bpe-model", str(tiny_data.bpe_model), "--out", str(out),
+         "--calibration-batches", "2", "--bpe-model", str(tiny_data.bpe_model), "--out", str(converted),
          "--quantizer", "s8bqat", "--weight-bits", "3"],
         capture_output=True, text=True, check=True,
     )
+    model = load_model([converted])
+    assert model.nna_spec == SPECS["int8"] and model.quantizer.config.weight_bits == 3
+    done = subprocess.run([sys.executable, str(REPO / "local/export_nna.py"), "--checkpoint", str(converted),
+                           "--out", str(out)], capture_output=True, text=True, check=True)
     assert "read back exactly" in done.stdout and "index bits per tensor" in done.stdout, done.stdout
     engine = IntegerTransducer.load(out)
     assert engine.model.spec == SPECS["int8"]
+    expected, loaded = to_arrays(export_integer_model(model)), to_arrays(engine.model)
+    assert expected.keys() == loaded.keys() and all((expected[k] == loaded[k]).all() for k in expected)
+    size = read_weight_size(tmp_path / "model.nna.size.json")
+    assert 2.9 < size.index_bits <= 3.1 and size.stored_bytes < size.count  # 3-bit indices, a few at more
+    refused = subprocess.run([sys.executable, str(REPO / "local/export_nna.py"), "--checkpoint", str(small_checkpoint),
+                              "--out", str(tmp_path / "fp32.nna.npz")], capture_output=True, text=True)
+    assert refused.returncode != 0 and "not an NNA model" in refused.stderr
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from nnaqat.nna.storage import decode_arrays, encode_arrays
+from nnaqat.sizes import WeightSize, read_weight_size, write_size_summary
 
 
 def _arrays(rng: np.random.Generator) -> dict:
@@ -39,6 +42,29 @@ def test_round_trip_is_exact_and_weights_take_their_index_bits():
     assert stored["encoder.c.shift"].dtype == np.int8 and stored["encoder.c.bias"].dtype == np.int32
     assert stored["luts.sigmoid"].dtype == np.int16 and report.luts == 257 * 2
     assert report.total == report.weights + report.luts + report.other
+    size = report.weight_size  # what the size summary (model.nna.size.json) records
+    assert (size.count, size.stored_bytes) == (3 * n, report.weights)
+    assert size.index_bits == pytest.approx((2 + 2 + 8) / 3)  # weighted by tensor size: equal sizes here
+
+
+def test_mean_index_bits_weigh_each_tensor_by_its_weights():
+    rng = np.random.default_rng(1)
+    large = rng.choice(np.array([-5, 5]), size=(100, 10))  # 1-bit indices
+    small = rng.integers(-127, 128, size=(2, 5))  # stored as int8
+    _, report = encode_arrays({"a.weight": large, "b.weight": small})
+    assert report.weight_size.index_bits == pytest.approx((1 * 1000 + 8 * 10) / 1010)
+
+
+def test_size_summary_round_trips_and_names_a_foreign_file(tmp_path):
+    artifact = tmp_path / "model.nna.npz"
+    artifact.write_bytes(b"x" * 123)
+    size = WeightSize(count=1000, stored_bytes=300, index_bits=2.25)
+    path = write_size_summary(artifact, size, {"luts": 5})
+    assert path == tmp_path / "model.nna.size.json"
+    assert read_weight_size(path) == size and json.loads(path.read_text())["file_bytes"] == 123
+    path.write_text(json.dumps({"weights": 300, "weight_count": 1000}))  # the schema before WeightSize
+    with pytest.raises(ValueError, match="model.nna.size.json"):
+        read_weight_size(path)
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3, 16, 100, 128])

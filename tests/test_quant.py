@@ -26,6 +26,7 @@ from nnaqat.quant import (
 from nnaqat.quant.fake_quant import channel_view, fake_quantize, uniform_int8_levels
 from nnaqat.quant.quantizers import CodebookSnap
 from nnaqat.quant.mracos import mracos_and_grad
+from nnaqat.sizes import WeightSize
 
 SMALL_MODEL = {
     "vocab_size": 32,
@@ -317,6 +318,7 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
             assert torch.equal(again.state_dict()[key], value), key
             assert torch.equal(unpacked[key], value), key
     assert report.mean_bits == bits
+    assert report.weight_size == WeightSize(count=report.num_weights, stored_bytes=report.packed_bytes, index_bits=bits)
     assert report.packed_bytes < report.int8_bytes if bits < 8 else report.packed_bytes < report.fp32_bytes
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from lhotse import RecordingSet, SupervisionSet, load_manifest
 
+from nnaqat.checkpoint import load_model
+from nnaqat.sizes import read_weight_size
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -96,12 +99,16 @@ def test_stage_7_nna_runs_build_checked_integer_models(tiny_data, small_checkpoi
                         done.stdout)
     assert agreed == [("dev", "24", "24")] * len(exps)
     assert not (tmp_path / "exp/fp32-nna-int8/epoch-1.pt").exists()  # post-training: nothing trained
+    assert load_model([tmp_path / "exp/fp32-nna-int8/pretrained.pt"]).nna_spec is not None  # converted once, reused
     assert (tmp_path / "exp/fp32-aat-int8-s8bqat-3bit/centroids.pt").is_file()
     done = run([*common, "--stage", "9", "--stop-stage", "9"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    size = json.loads((tmp_path / "exp/fp32-aat-int8-s8bqat-3bit/model.nna.size.json").read_text())
+    size = read_weight_size(tmp_path / "exp/fp32-aat-int8-s8bqat-3bit/model.nna.size.json")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32-aat-int8-s8bqat-3bit ")]
     assert len(rows) == 2  # emulated and integer
-    assert all(f"| {size['weights']:,} |" in row for row in rows) and size["weights"] < size["weight_count"]
+    assert all(f"| {size.index_bits:.2f} | {size.stored_bytes:,} |" in row for row in rows)
+    assert size.stored_bytes < size.count
+    post_training = [line for line in done.stdout.splitlines() if line.startswith("| fp32-nna-int8 ")]
+    assert any("(pretrained-blank-penalty-1-integer) | dev |" in row for row in post_training), post_training
     assert any("(epoch-1-avg-1-blank-penalty-1-integer) | dev |" in row for row in rows)
     assert any("(epoch-1-avg-1-blank-penalty-1) | dev |" in row for row in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -38,6 +39,19 @@ def load_checkpoint(path: Path | str) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_state(model: Transducer) -> Dict[str, Any]:
+    """What a model file (icefall's ``pretrained.pt``) holds for :func:`load_model` to rebuild
+    ``model``: its weights and config, its quantizer's config and its NNA spec, if any."""
+    quantizer = getattr(model, "quantizer", None)
+    spec = getattr(model, "nna_spec", None)
+    return {
+        "model": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "quant_config": asdict(quantizer.config if quantizer is not None else QuantConfig()),
+        "nna_spec": spec.to_dict() if spec is not None else None,
+    }
 
 
 def average_state_dicts(states: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from nnaqat.bitpack import pack_indices, unpack_indices
 from nnaqat.models.transducer import Transducer, build_transducer
 from nnaqat.quant.config import is_training_only
 from nnaqat.quant.quantizers import QuantizedTensor
+from nnaqat.sizes import WeightSize
 
 MAGIC = b"NNAQPACK"
 VERSION = 1
@@ -43,6 +44,10 @@ class SizeReport:
     def mean_bits(self) -> float:
         """Average index bits per quantized weight (codebooks and scales excluded)."""
         return sum(self.bits[n] * c for n, c in self.counts.items()) / max(self.num_weights, 1)
+
+    @property
+    def weight_size(self) -> WeightSize:
+        return WeightSize(count=self.num_weights, stored_bytes=self.packed_bytes, index_bits=self.mean_bits)
 
     def table(self) -> str:
         rows = [("fp32", self.fp32_bytes), ("int8 (per-channel)", self.int8_bytes), ("packed", self.packed_bytes)]

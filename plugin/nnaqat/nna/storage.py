@@ -15,6 +15,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from nnaqat.bitpack import pack_indices, unpack_indices
+from nnaqat.sizes import WeightSize
 
 SEP = "#"  # stored keys of an encoded weight: KEY#codebook, KEY#indices, KEY#shape, KEY#bits
 
@@ -68,16 +69,22 @@ class StorageReport:
     luts: int = 0
     other: int = 0  # biases, multipliers, shifts, zero points, spec
     index_bits: Dict[str, int] = field(default_factory=dict)  # weight key -> K (8: stored as int8)
+    counts: Dict[str, int] = field(default_factory=dict)  # weight key -> weights
 
     @property
     def total(self) -> int:
         return self.weights + self.luts + self.other
 
+    @property
+    def weight_size(self) -> WeightSize:
+        mean_bits = sum(self.index_bits[k] * n for k, n in self.counts.items()) / max(self.weight_count, 1)
+        return WeightSize(count=self.weight_count, stored_bytes=self.weights, index_bits=mean_bits)
+
     def table(self) -> str:
-        mean_bits = sum(self.index_bits.values()) / max(len(self.index_bits), 1)
         return "\n".join([
             f"weights  {self.weights:>10,} bytes for {self.weight_count:,} weights ({self.weight_count:,} as int8; "
-            f"index bits per tensor {sorted(set(self.index_bits.values()))}, mean {mean_bits:.2f})",
+            f"index bits per tensor {sorted(set(self.index_bits.values()))}, "
+            f"{self.weight_size.index_bits:.2f} per weight)",
             f"LUTs     {self.luts:>10,} bytes",
             f"other    {self.other:>10,} bytes (biases, requantization multipliers and shifts, zero points, spec)",
             f"total    {self.total:>10,} bytes",
@@ -107,6 +114,7 @@ def encode_arrays(arrays: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray],
         if is_weight(key):
             report.weights += size
             report.weight_count += value.size
+            report.counts[key] = value.size
             report.index_bits[key] = bits if encoded is not None else 8 * stored[key].itemsize
         elif key.startswith("luts."):
             report.luts += size
