@@ -6,6 +6,7 @@ folders, plots the training/dev loss curve of each into ``{exp}/loss-curve.png``
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +29,11 @@ def weight_size(exp_dir: Path, checkpoint: Path | None) -> tuple[str, int | None
     side-car's size report when there is one, else fp32."""
     for report in SIZE_SUMMARIES:
         if (exp_dir / report).is_file():
-            size = read_weight_size(exp_dir / report)
+            try:
+                size = read_weight_size(exp_dir / report)
+            except ValueError as error:  # the table goes on without the sizes it cannot read
+                print(f"warning: {error}", file=sys.stderr)
+                return "?", None
             return f"{size.index_bits:.2f}", size.stored_bytes
     if checkpoint is None:
         return "?", None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -51,6 +52,32 @@ def test_external_manifests_through_fbank_and_tokens(fsdd_manifests, tmp_path):
     assert len(cuts) == 30 and all(c.has_features and c.sampling_rate == 16000 for c in cuts)
     tokens = (tmp_path / "data/lang_bpe_32/tokens.txt").read_text().splitlines()
     assert tokens[0] == "<blk> 0"
+
+
+def test_loso_tables_average_each_kind_of_model_over_the_speakers(tmp_path):
+    """``egs/fsdd/local/run_loso.sh --table-only``: one table per kind of folder (the fp32 model and
+    each stage-7 suffix), each with the mean over the speakers that have it."""
+    recipe = tmp_path / "egs/fsdd"
+    (recipe / "local").mkdir(parents=True)
+    shutil.copy(REPO / "egs/fsdd/local/run_loso.sh", recipe / "local")
+    (tmp_path / "local").symlink_to(REPO / "local")
+    (tmp_path / ".venv/bin").mkdir(parents=True)
+    (tmp_path / ".venv/bin/activate").write_text("")  # the test's own python is on PATH
+    wers = {"george": ("20.00", "22.00"), "lucas": ("16.00", None), "theo": ("6.00", "7.00")}
+    for speaker, (fp32, aat) in wers.items():
+        for kind, wer in (("", fp32), ("-aat-int8", aat)):
+            if wer is not None:
+                folder = recipe / f"exp/loso-t-{speaker}{kind}/greedy_search"
+                folder.mkdir(parents=True)
+                (folder / "wer-summary-test-epoch-1-avg-1.txt").write_text(f"settings\tWER\ngreedy_search\t{wer}\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(recipe / "local/run_loso.sh"), "--tag", "t", "--table-only"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = done.stdout.split("\nloso-t-SPEAKER")
+    assert [t.splitlines()[0] for t in tables[1:]] == [": 3 of 5 speakers", "-aat-int8: 2 of 5 speakers"]
+    assert "| mean of 3 | | | | | greedy_search (epoch-1-avg-1) | test | 14.00 |" in tables[1]
+    assert "| mean of 2 | | | | | greedy_search (epoch-1-avg-1) | test | 14.50 |" in tables[2]
 
 
 def test_results_table_lists_pytorch_and_runtime_decodes(tmp_path):
