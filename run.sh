@@ -58,11 +58,12 @@ nna_runs="int8"               # stage 7: NNA models of the fp32 one, SPEC or SPE
                              # or a .yaml path): the post-training integer model (SPEC alone) and AAT
 aat_epochs=1                 # AAT fine-tuning epochs through the emulated NNA
 aat_lr=0.00005               # the lowest measured AAT learning rate kept unseen speakers best (README)
+aat_args=""                  # extra local/train.py flags of the AAT runs, e.g. "--distill-scale 1"
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
   num_test train_repeat_prob train_min_edge holdout_speaker speed_perturb vocab_size model_config encoder predictor joiner num_epochs max_duration lr warm_step
-  spec_augment gain_db eq_db ctc_loss_scale train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nna_runs aat_epochs aat_lr nj"
+  spec_augment gain_db eq_db ctc_loss_scale train_args seed world_size decode_epoch avg decode_methods beam_size blank_penalty exp_tag quant_runs codebook qat_epochs qat_lr qat_args nna_runs aat_epochs aat_lr aat_args nj"
 help_message="Usage: run.sh [options]   (run from egs/<corpus>/)"
 . "$root/local/parse_options.sh"
 
@@ -273,7 +274,9 @@ if run_stage 7 && [ -n "$quant_runs$nna_runs" ]; then
     mkdir -p "$aexp"
     quant_train_flags=()
     [[ $run != *+* ]] || set_quant_train_flags "$aexp" "${run#*+}"  # AAT with sub-8-bit weights
-    train "$aexp" "$aat_epochs" "$aat_lr" 0 --init-checkpoint "$pretrained" --nna-spec "$spec_file" "${quant_train_flags[@]}"
+    # shellcheck disable=SC2086
+    train "$aexp" "$aat_epochs" "$aat_lr" 0 --init-checkpoint "$pretrained" --nna-spec "$spec_file" \
+      "${quant_train_flags[@]}" $aat_args
     decode_nna "$aexp" --epoch "$aat_epochs" --avg "$aat_avg"
     python "$root/local/export_nna.py" --exp-dir "$aexp" --epoch "$aat_epochs" --avg "$aat_avg" \
       --out "$aexp/model.nna.npz" 2>&1 | tee -a "$log_file"

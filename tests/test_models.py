@@ -133,13 +133,38 @@ def test_transducer_losses_are_finite_and_differentiable(predictor):
     x_lens = torch.tensor([60, 45])
     y = torch.tensor([[3, 4, 5], [6, 7, 0]])
     y_lens = torch.tensor([3, 2])
-    simple, pruned, ctc = model(x, x_lens, y, y_lens, prune_range=3)
+    simple, pruned, ctc, distill = model(x, x_lens, y, y_lens, prune_range=3)
     assert simple.shape == pruned.shape == (2,)
     assert torch.isfinite(simple).all() and torch.isfinite(pruned).all()
-    assert ctc is None  # no CTC head unless asked for
+    assert ctc is None and distill is None  # no CTC head or teacher unless asked for
     (simple.sum() + pruned.sum()).backward()
     for name, p in model.named_parameters():  # the gradient reaches every part of the model
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_distillation_is_zero_against_itself_and_pulls_toward_the_teacher():
+    """``distill``: KL to a teacher on the pruned lattice, zero when the teacher is the model,
+    padding ignored, gradient into the student only."""
+    torch.manual_seed(0)
+    student, teacher = small_model().eval(), small_model().eval()
+    x = torch.randn(2, 60, 80)
+    x_lens, y, y_lens = torch.tensor([60, 45]), torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])
+    itself = student(x, x_lens, y, y_lens, prune_range=3, teacher=student).distill
+    torch.testing.assert_close(itself, torch.zeros(2), atol=1e-5, rtol=0)
+    losses = student(x, x_lens, y, y_lens, prune_range=3, teacher=teacher)
+    assert (losses.distill > 0.01).all()
+    alone = student(x[1:, :45], x_lens[1:], y[1:, :2], y_lens[1:], prune_range=3, teacher=teacher).distill
+    torch.testing.assert_close(losses.distill[1:], alone, rtol=1e-4, atol=1e-4)
+    losses.distill.sum().backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.joiner.output_linear.weight.grad.abs().sum() > 0
+    # A few steps on the KL alone bring the student's distributions toward the teacher's.
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        student(x, x_lens, y, y_lens, prune_range=3, teacher=teacher).distill.sum().backward()
+        optimizer.step()
+    assert student(x, x_lens, y, y_lens, prune_range=3, teacher=teacher).distill.sum() < losses.distill.sum()
 
 
 def test_ctc_head_respects_lengths_and_trains_only_the_encoder_side():

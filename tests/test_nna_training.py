@@ -12,6 +12,7 @@ import torch
 from lhotse import load_manifest
 
 from nnaqat.checkpoint import load_checkpoint, load_model
+from nnaqat.data.datamodule import batch_to_tensors
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import decode_cuts
 from nnaqat.nna.linear import RangeObserver
@@ -81,3 +82,31 @@ def test_checkpoint_decodes_identically_through_the_integer_engine(aat_run, tiny
     print(f"AAT checkpoint: {differing} of {len(integer)} hypotheses differ between emulation and engine")
     assert differing == 0
     assert sum(len(r[2]) for r in integer) > 2 * len(integer)  # real hypotheses, not empty ones
+
+
+def test_distillation_fine_tunes_toward_the_fp32_model_it_starts_from(tiny_data, small_checkpoint, tmp_path):
+    """``distill_scale``: the init checkpoint's model, fixed and unconverted, is the teacher; the
+    emulated model's KL to it joins the loss, and keeps fine-tuning closer to it than without."""
+    base = dict(train_cuts=str(tiny_data.train), dev_cuts=str(tiny_data.dev), bpe_model=str(tiny_data.bpe_model),
+                exp_dir=str(tmp_path), num_epochs=1, max_duration=60.0, lr=5e-4, warmup_batches=1, warm_step=0,
+                spec_augment=False, progress=False, nna_spec=str(SPEC), nna_calibration_batches=2)
+    with pytest.raises(ValueError, match="--distill-scale needs --init-checkpoint"):
+        Trainer(TrainConfig(**base, distill_scale=1.0))
+    distances = {}
+    for scale in (0.0, 10.0):
+        trainer = Trainer(TrainConfig(**base, init_checkpoint=str(small_checkpoint), distill_scale=scale))
+        if scale == 0:
+            assert trainer.teacher is None
+            trainer.teacher = load_model([small_checkpoint]).requires_grad_(False)  # to measure the distance only
+        else:
+            assert not isinstance(trainer.teacher.encoder, NnaLstmEncoder) and not trainer.teacher.training
+            assert all(not p.requires_grad for p in trainer.teacher.parameters())
+        batch = next(iter(trainer.train_dl))
+        for _ in range(3):
+            torch.manual_seed(0)
+            trainer.train_step(batch)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            x, x_lens, y, y_lens, _, _ = batch_to_tensors(batch, trainer.tokenizer)
+            distances[scale] = trainer.model(x, x_lens, y, y_lens, teacher=trainer.teacher).distill.sum().item()
+    assert 0 < distances[10.0] < distances[0.0]

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from nnaqat.checkpoint import load_checkpoint, save_checkpoint
+from nnaqat.checkpoint import load_checkpoint, load_model, save_checkpoint
 from nnaqat.data.datamodule import (
     AugmentConfig,
     batch_to_tensors,
@@ -63,6 +63,7 @@ class TrainConfig:
     am_scale: float = 0.0
     simple_loss_scale: float = 0.5
     ctc_loss_scale: float = 0.0  # > 0: train an auxiliary CTC head on the encoder with this weight
+    distill_scale: float = 0.0  # > 0: add this weight times the KL to the init checkpoint's model (the teacher)
     delay_penalty: float = 0.0  # rewards earlier emission in the RNN-T losses (k2's delay_penalty)
     context_dropout: float = 0.0  # chance of hiding each token from the predictor in training
     warm_step: int = 100  # pruned-loss scale 0 before, 0.1 up to 2x, then 1
@@ -120,6 +121,7 @@ class Trainer:
         self.exp_dir = Path(config.exp_dir)
         self.tokenizer = Tokenizer(config.bpe_model)
         _seed_batch(config.seed, -1)  # deterministic initialisation
+        self.teacher: Optional[Transducer] = None  # --distill-scale: the init checkpoint's model, fixed
         if config.init_checkpoint:
             init = load_checkpoint(config.init_checkpoint)
             self.model: Transducer = build_transducer(init["model_config"])
@@ -128,7 +130,11 @@ class Trainer:
                 raise ValueError(f"{config.init_checkpoint} has {self.model.config.vocab_size} tokens, {config.bpe_model} {len(self.tokenizer)}")
             if config.ctc_loss_scale > 0 and self.model.ctc_proj is None:
                 raise ValueError(f"--ctc-loss-scale needs a CTC head, and {config.init_checkpoint} has none")
+            if config.distill_scale > 0:  # what fine-tuning should keep of the model it starts from
+                self.teacher = load_model([config.init_checkpoint]).requires_grad_(False)
         else:
+            if config.distill_scale > 0:
+                raise ValueError("--distill-scale needs --init-checkpoint (the teacher)")
             model_config = {**config.model, "ctc_head": config.ctc_loss_scale > 0}
             self.model = build_transducer(TransducerConfig(vocab_size=len(self.tokenizer), **model_config))
         # The targets the model learns (or learned, when fine-tuning).
@@ -236,13 +242,16 @@ class Trainer:
         statistics; the quantizer's penalty joins in :meth:`train_step`."""
         x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
         config = self.config
-        simple, pruned, ctc = self.ddp_model(
+        simple, pruned, ctc, distill = self.ddp_model(
             x, x_lens, y, y_lens, prune_range=config.prune_range, am_scale=config.am_scale,
             lm_scale=config.lm_scale, delay_penalty=config.delay_penalty, context_dropout=config.context_dropout,
+            teacher=self.teacher,
         )
         if ctc is None:
             ctc = torch.zeros_like(simple)
-        finite = torch.isfinite(simple) & torch.isfinite(pruned) & torch.isfinite(ctc)
+        if distill is None:
+            distill = torch.zeros_like(simple)
+        finite = torch.isfinite(simple) & torch.isfinite(pruned) & torch.isfinite(ctc) & torch.isfinite(distill)
         if not bool(finite.all()):
             bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
             self.non_finite += len(bad)
@@ -252,13 +261,16 @@ class Trainer:
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
         pruned_mean = torch.where(finite, pruned, 0.0).sum() / num
         ctc_mean = torch.where(finite, ctc, 0.0).sum() / num
-        loss = config.simple_loss_scale * simple_mean + scale * pruned_mean + config.ctc_loss_scale * ctc_mean
+        distill_mean = torch.where(finite, distill, 0.0).sum() / num
+        loss = (config.simple_loss_scale * simple_mean + scale * pruned_mean + config.ctc_loss_scale * ctc_mean
+                + config.distill_scale * distill_mean)
         frames = float(self.model.encoder.output_length(x_lens[finite]).sum())
         stats = {
             "utterances": float(finite.sum()),
             "simple_loss": simple_mean.item(),
             "pruned_loss": pruned_mean.item(),
             "ctc_loss": ctc_mean.item(),
+            "distill_loss": distill_mean.item(),
             "loss_per_frame": pruned[finite].sum().item() / frames if frames > 0 else float("nan"),
         }
         return loss, stats
@@ -336,6 +348,8 @@ class Trainer:
                 self.writer.add_scalar("train/simple_loss", stats["simple_loss"], self.batch_idx_train)
                 if config.ctc_loss_scale > 0:
                     self.writer.add_scalar("train/ctc_loss", stats["ctc_loss"], self.batch_idx_train)
+                if config.distill_scale > 0:
+                    self.writer.add_scalar("train/distill_loss", stats["distill_loss"], self.batch_idx_train)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.batch_idx_train)
                 if self.quantizer is not None:
                     self.writer.add_scalar("train/quant_penalty", stats["penalty"], self.batch_idx_train)

@@ -32,11 +32,33 @@ class TransducerConfig:
 
 
 class TransducerLosses(NamedTuple):
-    """Per-utterance negative log-likelihoods in nats, each ``(N,)``."""
+    """Per-utterance losses in nats, each ``(N,)``."""
 
     simple: torch.Tensor
     pruned: torch.Tensor
     ctc: Optional[torch.Tensor]  # None when the model has no CTC head
+    distill: Optional[torch.Tensor] = None  # KL to a teacher on the pruned lattice; None without one
+
+
+def pruned_lattice_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, ranges: torch.Tensor,
+    encoder_lens: torch.Tensor, y_lens: torch.Tensor,
+) -> torch.Tensor:
+    """KL(teacher || student) of the joiner's output distributions, summed over the nodes of the
+    pruned lattice that lie inside each utterance.
+
+    Args:
+      student_logits, teacher_logits: ``(N, T, S, V)`` joiner outputs on the same nodes.
+      ranges: ``(N, T, S)`` the symbol position of each node (``get_rnnt_prune_ranges``).
+      encoder_lens: ``(N,)`` frames; y_lens: ``(N,)`` symbols.
+    Returns:
+      ``(N,)`` in nats.
+    """
+    teacher = teacher_logits.float().log_softmax(-1)
+    kl = (teacher.exp() * (teacher - student_logits.float().log_softmax(-1))).sum(-1)  # (N, T, S)
+    frames = torch.arange(kl.size(1), device=kl.device)[None, :, None]
+    inside = (frames < encoder_lens[:, None, None]) & (ranges <= y_lens[:, None, None])
+    return torch.where(inside, kl, 0.0).sum((1, 2))
 
 
 class Transducer(nn.Module):
@@ -83,6 +105,7 @@ class Transducer(nn.Module):
         lm_scale: float = 0.25,
         delay_penalty: float = 0.0,
         context_dropout: float = 0.0,
+        teacher: Optional["Transducer"] = None,
     ) -> TransducerLosses:
         """Per-utterance simple and pruned RNN-T losses, and the CTC loss if the model has the head.
 
@@ -94,9 +117,12 @@ class Transducer(nn.Module):
           delay_penalty: rewards earlier emission in both RNN-T losses (k2's ``delay_penalty``).
           context_dropout: chance that a token is hidden (replaced by blank) in the predictor's
             input, in training mode only.
+          teacher: a model of the same frame rate and vocabulary (e.g. the fp32 model an AAT or
+            QAT run starts from), run without gradient on the same input: ``distill`` is
+            :func:`pruned_lattice_kl` of this model to it on this model's pruned lattice.
         Returns:
-          :class:`TransducerLosses`: ``simple``, ``pruned`` and ``ctc`` (None without the head),
-          each ``(N,)`` negative log-likelihoods in nats.
+          :class:`TransducerLosses`: ``simple``, ``pruned`` and ``ctc`` (None without the head)
+          negative log-likelihoods and ``distill`` (None without a teacher), each ``(N,)`` in nats.
         """
         rnnt = rnnt_backend()
         encoder_out, encoder_lens, _ = self.encoder(x, x_lens)
@@ -105,7 +131,8 @@ class Transducer(nn.Module):
             # A predictor that cannot always see how many times a token was said has to take the
             # emission time from the encoder instead of counting (runs of one digit).
             history = y.masked_fill(torch.rand(y.shape, device=y.device) < context_dropout, self.blank_id)
-        decoder_out = self.predict(F.pad(history, (1, 0), value=self.blank_id))
+        decoder_input = F.pad(history, (1, 0), value=self.blank_id)
+        decoder_out = self.predict(decoder_input)
         boundary = torch.zeros(x.size(0), 4, dtype=torch.int64, device=x.device)
         boundary[:, 2] = y_lens
         boundary[:, 3] = encoder_lens
@@ -137,7 +164,17 @@ class Transducer(nn.Module):
             # still trains the transducer.
             ctc_loss = F.ctc_loss(log_probs, y, encoder_lens, y_lens, blank=self.blank_id, reduction="none",
                                   zero_infinity=True)
-        return TransducerLosses(simple_loss, pruned_loss, ctc_loss)
+        distill = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_out, _, _ = teacher.encoder(x, x_lens)
+                teacher_am, teacher_lm = rnnt.do_rnnt_pruning(
+                    am=teacher.joiner.encoder_proj(teacher_out),
+                    lm=teacher.joiner.decoder_proj(teacher.predict(decoder_input)), ranges=ranges,
+                )
+                teacher_logits = teacher.joiner(teacher_am, teacher_lm, project_input=False)
+            distill = pruned_lattice_kl(logits, teacher_logits, ranges, encoder_lens, y_lens)
+        return TransducerLosses(simple_loss, pruned_loss, ctc_loss, distill)
 
 
 def build_transducer(config: TransducerConfig | Dict[str, Any]) -> Transducer:
