@@ -58,7 +58,8 @@ nna_runs="int8"               # stage 7: NNA models of the fp32 one, SPEC or SPE
                              # or a .yaml path): the post-training integer model (SPEC alone) and AAT
 aat_epochs=1                 # AAT fine-tuning epochs through the emulated NNA
 aat_lr=0.00005               # the lowest measured AAT learning rate kept unseen speakers best (README)
-aat_args=""                  # extra local/train.py flags of the AAT runs, e.g. "--distill-scale 1"
+aat_args="--distill-scale 1"  # extra local/train.py flags of the AAT runs: the KL to the fp32 model keeps
+                             # AAT at fp32 on unseen speakers (README)
 nj=1
 
 option_names="stage stop_stage corpus dl_dir local_tarball manifest_dir manifest_prefix parts num_train num_dev
