@@ -105,8 +105,8 @@ def test_cpu_ops_train_through_the_float_path(small_checkpoint, batches):
     calibrate(model, batches)
     model.train()
     x, x_lens, y, y_lens = batches[0]
-    simple, pruned, _ = model(x, x_lens, y, y_lens, prune_range=5)
-    (simple + pruned).sum().backward()
+    losses = model(x, x_lens, y, y_lens, prune_range=5)
+    (losses.simple + losses.pruned).sum().backward()
     for name in ("encoder.layers.1.weight_ih_l0", "encoder.layers.0.weight_hh_l0", "joiner.output_linear.weight"):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name

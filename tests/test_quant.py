@@ -289,8 +289,8 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
             assert len(gains) == len(quantizer.bits)
             for gain in gains:
                 gain.fill_(0.05)
-    simple, pruned, _ = model(*batch())
-    (simple + pruned).sum().backward()  # gradients reach the latent weights through the STE
+    losses = model(*batch())
+    (losses.simple + losses.pruned).sum().backward()  # gradients reach the latent weights through the STE
     assert all(p.grad is not None for n, p in model.named_parameters() if "original" in n or name == "s8bqat")
     with torch.no_grad():
         trained_view = {n: quantizer.weight(model, n).clone() for n in quantizer.bits}
