@@ -7,12 +7,14 @@ every variant alike), the order rotated every step (so no variant always runs af
 one); the median seconds per step are printed, with two ratios to the reference: the ratio of
 the medians, and the median of the per-step ratios (each pairs runs of the same batch moments
 apart, so it cancels the machine's drift and the batches' sizes). Variants:
-a quantizer name (``none`` is fp32), ``aat`` (``--nna-spec``, no quantizer) or ``aat+QUANTIZER``.
+a quantizer name (``none`` is fp32), ``aat`` (``--nna-spec``, no quantizer) or ``aat+QUANTIZER``,
+each optionally ``+distill`` (``--distill-scale 1``: the teacher's forward pass too, as the
+recipe's AAT runs).
 Run from egs/fsdd after stage 6:
 
   python ../../benchmarks/qat_step_time.py --checkpoint exp/fp32/pretrained.pt --steps 30
   python ../../benchmarks/qat_step_time.py --checkpoint exp/fp32/pretrained.pt --steps 10 \
-      --variants none aat aat+s8bqat --nna-spec conf/nna/int8.yaml
+      --variants none aat aat+distill aat+s8bqat --nna-spec conf/nna/int8.yaml
 """
 
 import argparse
@@ -34,7 +36,8 @@ def main() -> None:
     parser.add_argument("--dev-cuts", default="data/fbank/fsdd_cuts_dev.jsonl.gz")
     parser.add_argument("--bpe-model", default="data/lang_bpe_32/bpe.model")
     parser.add_argument("--variants", nargs="+", default=["none", "uniform", "lsq", "s8bqat"],
-                        help="quantizer names, aat, aat+QUANTIZER; the first is the reference")
+                        help="quantizer names, aat, aat+QUANTIZER, each with an optional +distill; "
+                             "the first is the reference")
     parser.add_argument("--nna-spec", default="conf/nna/int8.yaml", help="the NNA the aat variants emulate")
     parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--max-duration", type=float, default=150.0)
@@ -47,14 +50,15 @@ def main() -> None:
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
-            aat = name == "aat" or name.startswith("aat+")
-            quantizer = name.partition("+")[2] if name.startswith("aat+") else ("none" if aat else name)
+            parts = [part for part in name.split("+") if part != "distill"]
+            aat = parts[0] == "aat"
+            quantizer = parts[1] if aat and len(parts) > 1 else ("none" if aat else parts[0])
             config = TrainConfig(
                 train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
                 lr=1e-3, warm_step=0, progress=False,
                 quant=QuantConfig(quantizer=quantizer, weight_bits=args.weight_bits, ste_forward=args.ste_forward),
-                nna_spec=args.nna_spec if aat else "",
+                nna_spec=args.nna_spec if aat else "", distill_scale=1.0 if "+distill" in name else 0.0,
             )
             trainers[name] = Trainer(config)
         batches = iter(next(iter(trainers.values())).train_dl)
