@@ -50,7 +50,9 @@ def main() -> None:
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
-            parts = [part for part in name.split("+") if part != "distill"]
+            parts = name.split("+")
+            distill = "distill" in parts
+            parts = [part for part in parts if part != "distill"]
             aat = parts[0] == "aat"
             quantizer = parts[1] if aat and len(parts) > 1 else ("none" if aat else parts[0])
             config = TrainConfig(
@@ -58,7 +60,7 @@ def main() -> None:
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
                 lr=1e-3, warm_step=0, progress=False,
                 quant=QuantConfig(quantizer=quantizer, weight_bits=args.weight_bits, ste_forward=args.ste_forward),
-                nna_spec=args.nna_spec if aat else "", distill_scale=1.0 if "+distill" in name else 0.0,
+                nna_spec=args.nna_spec if aat else "", distill_scale=1.0 if distill else 0.0,
             )
             trainers[name] = Trainer(config)
         batches = iter(next(iter(trainers.values())).train_dl)

@@ -43,8 +43,10 @@ def main() -> None:
     state = model_state(model)
     save_checkpoint(args.out, state)
     reloaded = load_model([args.out]).state_dict()
+    if reloaded.keys() != state["model"].keys():
+        raise SystemExit(f"{args.out} loads back with other tensors: {sorted(reloaded.keys() ^ state['model'].keys())[:5]}")
     differing = [k for k, v in state["model"].items() if not torch.equal(v, reloaded[k])]
-    if differing or reloaded.keys() != state["model"].keys():
+    if differing:
         raise SystemExit(f"{args.out} does not load back to the converted model: {differing[:5]}")
     logging.info("wrote %s: the post-training integer model under %s (loads back exactly)", args.out, args.nna_spec)
 

@@ -23,12 +23,13 @@ if $train; then
   done
 fi
 . ../../.venv/bin/activate
-kinds=()  # "" (the fp32 model) and the suffixes of stage 7's folders, e.g. -aat-int8
+kinds=()  # "" (the fp32 model) and the suffixes of stage 7's folders, e.g. -aat-int8, in order found
+declare -A seen=()  # keyed "_$kind": an associative array has no empty key
 for speaker in "${speakers[@]}"; do
   for folder in "exp/loso-$tag-$speaker" "exp/loso-$tag-$speaker"-*; do
     [ -d "$folder" ] || continue
     kind=${folder#"exp/loso-$tag-$speaker"}
-    [[ " ${kinds[*]/#/_} " == *" _$kind "* ]] || kinds+=("$kind")
+    [ -n "${seen[_$kind]:-}" ] || { seen[_$kind]=1; kinds+=("$kind"); }
   done
 done
 for kind in "${kinds[@]}"; do
