@@ -4,6 +4,8 @@ torch model (encoder outputs, joiner logits, greedy hypotheses), streaming or no
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ from nnaqat.sizes import read_weight_size
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = {name: NnaSpec.from_yaml(REPO / f"egs/fsdd/conf/nna/{name}.yaml") for name in ("int8", "harsh")}
+SPECS["int8-fixed-cell"] = dataclasses.replace(  # the cell scale fixed by the spec (Q5.10), not calibrated
+    SPECS["int8"], lstm=dataclasses.replace(SPECS["int8"].lstm, cell_frac_bits=10)
+)
 CALIBRATION_BATCHES = 4
 
 

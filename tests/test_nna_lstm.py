@@ -216,6 +216,23 @@ def test_hidden_and_cell_ranges_apply_from_the_next_batch(fbank):
         NnaLstm(80, 8, DEFAULT).eval()(train[0])
 
 
+def test_a_fixed_cell_scale_holds_whatever_the_cell_range(fbank):
+    train, _ = fbank
+    spec = NnaSpec.from_yaml(CONF / "harsh-cell4-fixed.yaml")
+    torch.manual_seed(0)
+    layer = NnaLstm(80, 8, spec).train()
+    assert layer.cell_frac_bits() == 1
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(10.0)  # cells far beyond the fixed format's [-4, 4)
+        layer(train[0])
+    assert float(layer.cell_observer.min_max.abs().max()) > 4
+    assert layer.cell_frac_bits() == layer.integer_params().cell_frac_bits == 1
+    assert rl.cell_frac_bits(float(layer.cell_observer.min_max.abs().max()), spec) == 1
+    calibrated = NnaSpec.from_yaml(CONF / "harsh-cell4.yaml")
+    assert rl.cell_frac_bits(float(layer.cell_observer.min_max.abs().max()), calibrated) <= 0
+
+
 @pytest.mark.parametrize(
     "max_abs, frac_bits",
     [(0.9, 15), (1.0, 15), (1.01, 14), (4.0, 13), (5.0, 12), (300.0, 6), (1e-3, 24), (0.0, 30), (1e9, -1)],
@@ -223,7 +240,7 @@ def test_hidden_and_cell_ranges_apply_from_the_next_batch(fbank):
 def test_cell_frac_bits_hand_worked(max_abs, frac_bits):
     """int16 cell: 15 - ceil(log2 max|c|) fractional bits, within [-1, 30] for Q3.12/Q0.15
     (i * g's shift 30 - f in 0..31; the rescale to Q3.12 multiplies by at most 2**14)."""
-    assert rl.cell_frac_bit_limits(DEFAULT) == (-1, 30)
+    assert DEFAULT.lstm.cell_frac_bit_limits() == (-1, 30)
     assert rl.cell_frac_bits(max_abs, DEFAULT) == frac_bits
 
 
@@ -245,9 +262,11 @@ def fuzzed_specs(draw) -> NnaSpec:
     order = draw(st.sampled_from(["after_rounding", "before_rounding"])) if rounding == "fp32_rne" else "after_rounding"
     accumulator = draw(st.sampled_from([AccumulatorFormat(32, "saturate"), AccumulatorFormat(16, "saturate"),
                                         AccumulatorFormat(14, "wrap")]))  # fmt: skip
+    low, high = LstmFormat(gate, nonlinearity).cell_frac_bit_limits()
+    cell_frac_bits = draw(st.one_of(st.none(), st.integers(low, high)))  # calibrated or fixed
     return dataclasses.replace(
         DEFAULT,
-        lstm=LstmFormat(gate, nonlinearity, cell_bits, hidden_bits),
+        lstm=LstmFormat(gate, nonlinearity, cell_bits, hidden_bits, cell_frac_bits),
         lut=LutFormat(size, interpolate),
         requantization=RequantizationFormat(rounding, order),
         accumulator=accumulator,
@@ -268,8 +287,8 @@ ranges = st.tuples(st.floats(-20, 0), st.floats(0.01, 20))
     seed=st.integers(0, 2**31 - 1),
 )
 def test_emulated_lstm_equals_reference_fuzzed(spec, dims, weight_gain, input_range, hidden_range, cell_max_abs, seed):
-    """Any formats, any calibrated ranges (the cell exponent at both of its limits included),
-    any input and state codes up to the clamps."""
+    """Any formats, any calibrated ranges (the cell exponent at both of its limits included, or
+    fixed by the spec), any input and state codes up to the clamps."""
     batch, steps, inputs, hidden = dims
     torch.manual_seed(seed % 2**31)
     layer = NnaLstm(inputs, hidden, spec)
@@ -296,5 +315,6 @@ def test_emulated_lstm_equals_reference_fuzzed(spec, dims, weight_gain, input_ra
         y, (h, c) = layer.forward_integers(as_float(x_q), (as_float(h0), as_float(c0)))
     y_ref, (h_ref, c_ref) = rl.lstm_sequence(x_q, layer.integer_params(), spec, rl.gate_luts(spec), (h0, c0))
     assert mismatches(y, y_ref) == 0 and mismatches(h, h_ref) == 0 and mismatches(c, c_ref) == 0
-    low, high = rl.cell_frac_bit_limits(spec)
+    low, high = spec.lstm.cell_frac_bit_limits()
     assert low <= layer.integer_params().cell_frac_bits <= high
+    assert spec.lstm.cell_frac_bits in (None, layer.integer_params().cell_frac_bits)

@@ -34,6 +34,18 @@ def test_harsh_spec_file():
     assert narrow == dataclasses.replace(spec, accumulator=dataclasses.replace(spec.accumulator, bits=19))
 
 
+def test_a_spec_may_fix_the_cell_scale(tmp_path):
+    calibrated = NnaSpec.from_yaml(CONF / "harsh-cell4.yaml")
+    fixed = NnaSpec.from_yaml(CONF / "harsh-cell4-fixed.yaml")
+    assert calibrated.lstm.cell_frac_bits is None and fixed.lstm.cell_frac_bits == 1
+    assert fixed == dataclasses.replace(calibrated, lstm=dataclasses.replace(calibrated.lstm, cell_frac_bits=1))
+    assert fixed.lstm.cell_frac_bit_limits() == (-10, 14)  # Q3.4 gates, Q0.7 tables
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**fixed.to_dict(), "lstm": {**fixed.to_dict()["lstm"], "cell_frac_bits": 15}}))
+    with pytest.raises(NnaSpecError, match=f"{path}: lstm: cell_frac_bits must be in -10..14 .* got 15"):
+        NnaSpec.from_yaml(path)
+
+
 def test_spec_is_frozen():
     spec = NnaSpec()
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -78,6 +90,8 @@ def edited(tmp_path: Path, section: str, key: str, value) -> Path:
         ("lstm", "gate", "Q3.x", "lstm.gate"),
         ("lstm", "nonlinearity", "Q1.14", "lstm: nonlinearity"),
         ("lstm", "cell_bits", True, "lstm.cell_bits"),
+        ("lstm", "cell_frac_bits", 1.5, "lstm.cell_frac_bits"),
+        ("lstm", "cell_frac_bits", 31, "lstm: cell_frac_bits must be in -1..30"),
         ("placement", "joiner.*", "gpu", "placement"),
         ("", "lut", [513], "lut"),  # a list where a mapping belongs
     ],

@@ -52,24 +52,19 @@ def gate_luts(spec: NnaSpec) -> GateLuts:
     return GateLuts(spec_lut(spec, "sigmoid"), spec_lut(spec, "tanh"))
 
 
-def cell_frac_bit_limits(spec: NnaSpec) -> Tuple[int, int]:
-    """Smallest and largest cell fractional bits the integer cell update can use: the shift of
-    ``i * g`` (``2n - c_frac``) must lie in 0..31, and rescaling the cell to the gate format may
-    multiply by at most ``2**14`` (an int16 operand)."""
-    doubled = 2 * spec.lstm.nonlinearity.frac_bits
-    return max(doubled - 31, spec.lstm.gate.frac_bits - 14), doubled
-
-
 def provisional_cell_max_abs(spec: NnaSpec) -> float:
     """The cell range assumed before calibration: what the tanh table's input format spans."""
     return float(2**spec.lstm.gate.integer_bits)
 
 
 def cell_frac_bits(max_abs: float, spec: NnaSpec) -> int:
-    """Fractional bits of the cell state for a calibrated ``max|c|``: the finest power-of-two
-    scale whose ``cell_bits`` range holds ``[-max_abs, max_abs)``, within :func:`cell_frac_bit_limits`.
-    (An offline constant: float in, int out.)"""
-    low, high = cell_frac_bit_limits(spec)
+    """Fractional bits of the cell state: the spec's when it fixes them, else, for a calibrated
+    ``max|c|``, the finest power-of-two scale whose ``cell_bits`` range holds ``[-max_abs,
+    max_abs)``, within ``LstmFormat.cell_frac_bit_limits``. (An offline constant: float in,
+    int out.)"""
+    if spec.lstm.cell_frac_bits is not None:
+        return spec.lstm.cell_frac_bits
+    low, high = spec.lstm.cell_frac_bit_limits()
     if not max_abs > 0:  # an all-zero cell: any scale holds it
         return high
     integer_bits = math.ceil(math.log2(max_abs))

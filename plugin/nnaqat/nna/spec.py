@@ -8,7 +8,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import yaml
 
@@ -128,8 +128,11 @@ class LstmFormat:
 
     gate: QFormat = QFormat(3, 12)  # gate pre-activations (LUT input)
     nonlinearity: QFormat = QFormat(0, 15)  # sigmoid/tanh outputs
-    cell_bits: int = 16  # cell state; its power-of-two scale is calibrated
+    cell_bits: int = 16  # cell state, with a power-of-two scale
     hidden_bits: int = 8
+    # The cell scale 2**-cell_frac_bits, fixed; None: calibrated (the finest scale holding the
+    # observed range). A narrow cell state may need a finer scale than its range would give.
+    cell_frac_bits: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(self.gate.bits <= 16, f"gate must have at most 16 bits, got {self.gate}")
@@ -137,6 +140,20 @@ class LstmFormat:
         _check(self.nonlinearity.bits <= 16, f"nonlinearity must have at most 16 bits, got {self.nonlinearity}")
         _check(2 <= self.cell_bits <= 16, f"cell_bits must be in 2..16, got {self.cell_bits}")
         _check(2 <= self.hidden_bits <= 16, f"hidden_bits must be in 2..16, got {self.hidden_bits}")
+        if self.cell_frac_bits is not None:
+            low, high = self.cell_frac_bit_limits()
+            _check(
+                low <= self.cell_frac_bits <= high,
+                f"cell_frac_bits must be in {low}..{high} with gate {self.gate} and nonlinearity "
+                f"{self.nonlinearity}, got {self.cell_frac_bits}",
+            )
+
+    def cell_frac_bit_limits(self) -> Tuple[int, int]:
+        """Smallest and largest cell fractional bits the integer cell update can use: the shift
+        of ``i * g`` (``2n - cell_frac_bits``) must lie in 0..31, and rescaling the cell to the
+        gate format may multiply by at most ``2**14`` (an int16 operand)."""
+        doubled = 2 * self.nonlinearity.frac_bits
+        return max(doubled - 31, self.gate.frac_bits - 14), doubled
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,11 @@ def _build(cls: type, data: Any, path: str, prefix: str) -> Any:
 def _value(hint: Any, value: Any, path: str, key: str) -> Any:
     """One typed value; ``key`` is its dotted path for error messages."""
     try:
+        if typing.get_origin(hint) is typing.Union:  # Optional[X]: null or an X
+            if value is None:
+                return None
+            (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            return _value(hint, value, path, key)
         if hint is QFormat:
             return QFormat.parse(value)
         if dataclasses.is_dataclass(hint):
