@@ -5,7 +5,6 @@ torch model (encoder outputs, joiner logits, greedy hypotheses), streaming or no
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 import sys
 from dataclasses import dataclass

@@ -226,11 +226,11 @@ def test_a_fixed_cell_scale_holds_whatever_the_cell_range(fbank):
         for p in layer.parameters():
             p.mul_(10.0)  # cells far beyond the fixed format's [-4, 4)
         layer(train[0])
-    assert float(layer.cell_observer.min_max.abs().max()) > 4
-    assert layer.cell_frac_bits() == layer.integer_params().cell_frac_bits == 1
-    assert rl.cell_frac_bits(float(layer.cell_observer.min_max.abs().max()), spec) == 1
+    observed = float(layer.cell_observer.min_max.abs().max())
+    assert observed > 4
+    assert layer.cell_frac_bits() == layer.integer_params().cell_frac_bits == rl.cell_frac_bits(observed, spec) == 1
     calibrated = NnaSpec.from_yaml(CONF / "harsh-cell4.yaml")
-    assert rl.cell_frac_bits(float(layer.cell_observer.min_max.abs().max()), calibrated) <= 0
+    assert rl.cell_frac_bits(observed, calibrated) <= 0
 
 
 @pytest.mark.parametrize(
