@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nnaqat import _kernels, registry
 from nnaqat.export import load_packed, pack_indices, save_packed, unpack_indices
@@ -378,3 +380,21 @@ def test_s8bqat_schedule_and_periodic_compression():
     quantizer.after_step(model, 5)
     quantizer.check_on_codebook(model)
     assert quantizer.penalty_backward(model, 10) == pytest.approx(0.0, abs=1e-6)
+
+
+FSDD_CONF = Path(__file__).resolve().parents[1] / "egs" / "fsdd" / "conf"
+
+
+def packed_weight_size(model_yaml: str, tmp_path: Path, **quant) -> WeightSize:
+    """Weight count and side-car bytes of an FSDD model config (29 tokens, as the recipe's) quantized so."""
+    model = build_transducer({"vocab_size": 29, **yaml.safe_load((FSDD_CONF / model_yaml).read_text())})
+    quantize_(model, QuantConfig(quantizer="ptq", **quant)).finalize(model)
+    return save_packed(model, tmp_path / f"{model_yaml}.pack").weight_size
+
+
+def test_equal_bytes_config_stores_the_default_model_in_the_small_int8_models_bytes(tmp_path):
+    small = packed_weight_size("model-small.yaml", tmp_path, weight_bits=8)
+    large = packed_weight_size("model.yaml", tmp_path, bit_config=str(FSDD_CONF / "bits-equal-bytes.yaml"))
+    assert 280_000 <= small.count <= 330_000  # the issue's "small 8-bit model (~300 k parameters)"
+    assert large.count > 4 * small.count and large.stored_bytes <= small.stored_bytes
+    assert 1 < large.index_bits < 2
