@@ -30,6 +30,8 @@ from nnaqat.quant.quantizers import CodebookSnap
 from nnaqat.quant.mracos import mracos_and_grad
 from nnaqat.sizes import WeightSize
 
+FSDD_CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf"
+
 SMALL_MODEL = {
     "vocab_size": 32,
     "encoder_kwargs": {"hidden_size": 32, "num_layers": 2, "subsampling_factor": 4},
@@ -380,9 +382,6 @@ def test_s8bqat_schedule_and_periodic_compression():
     quantizer.after_step(model, 5)
     quantizer.check_on_codebook(model)
     assert quantizer.penalty_backward(model, 10) == pytest.approx(0.0, abs=1e-6)
-
-
-FSDD_CONF = Path(__file__).resolve().parents[1] / "egs" / "fsdd" / "conf"
 
 
 def packed_weight_size(model_yaml: str, tmp_path: Path, **quant) -> WeightSize:
