@@ -15,8 +15,8 @@ from nnaqat.data.fsdd import compose_connected_digits, download_fsdd, prepare_fs
 from nnaqat.checkpoint import load_model
 from nnaqat.data.tokenizer import train_bpe
 from nnaqat.trainer import TrainConfig, train
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FSDD_TARBALL = Path(os.environ.get("NNAQAT_FSDD_TARBALL", REPO.parent / "shared/corpora/fsdd/fsdd.tar.gz"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import soundfile
@@ -18,8 +17,7 @@ from nnaqat.decode.wer import (
     differing_hypotheses, error_stats, read_recogs, run_length_confusion, runs, write_error_stats, write_recogs,
 )
 from nnaqat.trainer import TrainConfig, train
-
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import FSDD_RECIPE, REPO
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +80,11 @@ def test_run_length_confusion():
 
 def test_run_lengths_script(tmp_path):
     write_recogs(tmp_path / "recogs.txt", [("u1", "six six six two".split(), "six six two".split())])
-    out = subprocess.run([sys.executable, str(REPO / "egs/fsdd/local/run_lengths.py"), str(tmp_path / "recogs.txt")],
+    out = subprocess.run([sys.executable, str(FSDD_RECIPE / "local/run_lengths.py"), str(tmp_path / "recogs.txt")],
                          check=True, capture_output=True, text=True).stdout.splitlines()
     assert out[2:] == ["| 1 | 1 |  | 1 |  |  | 100 % |", "| 3 | 1 |  |  | 1 |  | 0 % |"]
     (tmp_path / "empty.txt").write_text("")
-    empty = subprocess.run([sys.executable, str(REPO / "egs/fsdd/local/run_lengths.py"), str(tmp_path / "empty.txt")],
+    empty = subprocess.run([sys.executable, str(FSDD_RECIPE / "local/run_lengths.py"), str(tmp_path / "empty.txt")],
                            capture_output=True, text=True)
     assert empty.returncode == 2 and "no reference words in" in empty.stderr
 

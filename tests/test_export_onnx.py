@@ -26,8 +26,8 @@ from nnaqat.export.ort import OrtTransducer, parity
 from nnaqat.export.sherpa import check_model_files, decode_with_sherpa, transcribe_with_sherpa
 from nnaqat.models import Transducer, TransducerConfig
 from nnaqat.quant import QuantConfig, quantize_
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CHUNK_FRAMES = 2
 
 

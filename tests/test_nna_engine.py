@@ -8,7 +8,6 @@ import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List
 
 import numpy as np
@@ -29,9 +28,9 @@ from nnaqat.nna.export import export_integer_model
 from nnaqat.nna.integer_model import VERSION, load_integer_model, save_integer_model, to_arrays
 from nnaqat.quant import QuantConfig, quantize_
 from nnaqat.sizes import read_weight_size
+from repo_paths import NNA_CONF, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-SPECS = {name: NnaSpec.from_yaml(REPO / f"egs/fsdd/conf/nna/{name}.yaml") for name in ("int8", "harsh")}
+SPECS = {name: NnaSpec.from_yaml(NNA_CONF / f"{name}.yaml") for name in ("int8", "harsh")}
 SPECS["int8-fixed-cell"] = dataclasses.replace(  # the cell scale fixed by the spec (Q5.10), not calibrated
     SPECS["int8"], lstm=dataclasses.replace(SPECS["int8"].lstm, cell_frac_bits=10)
 )
@@ -269,7 +268,7 @@ def test_convert_then_export_nna_scripts_write_a_side_car_the_engine_loads(small
     converted, out = tmp_path / "pretrained.pt", tmp_path / "model.nna.npz"
     subprocess.run(
         [sys.executable, str(REPO / "local/convert_nna.py"), "--checkpoint", str(small_checkpoint),
-         "--nna-spec", str(REPO / "egs/fsdd/conf/nna/int8.yaml"), "--calibration-cuts", str(tiny_data.train),
+         "--nna-spec", str(NNA_CONF / "int8.yaml"), "--calibration-cuts", str(tiny_data.train),
          "--calibration-batches", "2", "--bpe-model", str(tiny_data.bpe_model), "--out", str(converted),
          "--quantizer", "s8bqat", "--weight-bits", "3"],
         capture_output=True, text=True, check=True,

@@ -5,7 +5,6 @@ formats, ranges and codes; the grouped convolution against its definition; STE g
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from unittest.mock import patch
 
 import numpy as np
@@ -24,9 +23,9 @@ from nnaqat.nna.linear import RangeObserver
 from nnaqat.nna.models import NnaAdditiveJoiner
 from nnaqat.nna.ranges import FixedRange
 from nnaqat.nna.spec import AccumulatorFormat, RequantizationFormat
+from repo_paths import NNA_CONF
 
-CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna"
-BASES = [NnaSpec.from_yaml(CONF / "int8.yaml"), NnaSpec.from_yaml(CONF / "harsh.yaml")]
+BASES = [NnaSpec.from_yaml(NNA_CONF / "int8.yaml"), NnaSpec.from_yaml(NNA_CONF / "harsh.yaml")]
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -4,7 +4,6 @@ the float layer it replaces, with straight-through gradients."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,10 @@ from nnaqat.nna import NnaSpec
 from nnaqat.nna import reference as ref
 from nnaqat.nna.linear import NnaLinear
 from nnaqat.nna.spec import AccumulatorFormat, RequantizationFormat, WeightFormat
+from repo_paths import NNA_CONF
 
-CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna"
-DEFAULT = NnaSpec.from_yaml(CONF / "int8.yaml")
-HARSH = NnaSpec.from_yaml(CONF / "harsh.yaml")
+DEFAULT = NnaSpec.from_yaml(NNA_CONF / "int8.yaml")
+HARSH = NnaSpec.from_yaml(NNA_CONF / "harsh.yaml")
 
 SPECS = {
     "int8": DEFAULT,

@@ -5,7 +5,6 @@ calibration, streaming state and straight-through gradients."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +19,10 @@ from nnaqat.nna import reference as ref
 from nnaqat.nna import reference_lstm as rl
 from nnaqat.nna.lstm import NnaLstm
 from nnaqat.nna.spec import AccumulatorFormat, LstmFormat, LutFormat, RequantizationFormat
+from repo_paths import NNA_CONF
 
-CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna"
-DEFAULT = NnaSpec.from_yaml(CONF / "int8.yaml")
-HARSH = NnaSpec.from_yaml(CONF / "harsh.yaml")
+DEFAULT = NnaSpec.from_yaml(NNA_CONF / "int8.yaml")
+HARSH = NnaSpec.from_yaml(NNA_CONF / "harsh.yaml")
 SPECS = {
     "int8": DEFAULT,
     "harsh": HARSH,
@@ -218,7 +217,7 @@ def test_hidden_and_cell_ranges_apply_from_the_next_batch(fbank):
 
 def test_a_fixed_cell_scale_holds_whatever_the_cell_range(fbank):
     train, _ = fbank
-    spec = NnaSpec.from_yaml(CONF / "harsh-cell4-fixed.yaml")
+    spec = NnaSpec.from_yaml(NNA_CONF / "harsh-cell4-fixed.yaml")
     torch.manual_seed(0)
     layer = NnaLstm(80, 8, spec).train()
     assert layer.cell_frac_bits() == 1
@@ -229,7 +228,7 @@ def test_a_fixed_cell_scale_holds_whatever_the_cell_range(fbank):
     observed = float(layer.cell_observer.min_max.abs().max())
     assert observed > 4
     assert layer.cell_frac_bits() == layer.integer_params().cell_frac_bits == rl.cell_frac_bits(observed, spec) == 1
-    calibrated = NnaSpec.from_yaml(CONF / "harsh-cell4.yaml")
+    calibrated = NnaSpec.from_yaml(NNA_CONF / "harsh-cell4.yaml")
     assert rl.cell_frac_bits(observed, calibrated) <= 0
 
 

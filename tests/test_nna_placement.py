@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from nnaqat.nna.convert import calibrate, freeze_calibration, nna_
 from nnaqat.nna.export import export_integer_model
 from nnaqat.nna.placement import cpu_ops, place_
 from nnaqat.nna.spec import NnaSpecError
+from repo_paths import NNA_CONF, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-HARSH = NnaSpec.from_yaml(REPO / "egs/fsdd/conf/nna/harsh.yaml")
+HARSH = NnaSpec.from_yaml(NNA_CONF / "harsh.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,7 @@ def test_the_integer_engine_and_the_predictor_refuse_the_cpu(small_checkpoint, b
 def test_cost_script_prints_latency_and_wer_per_placement(small_checkpoint, tiny_data):
     done = subprocess.run(
         [sys.executable, str(REPO / "local/nna_cost.py"), "--checkpoint", str(small_checkpoint),
-         "--bpe-model", str(tiny_data.bpe_model), "--nna-spec", str(REPO / "egs/fsdd/conf/nna/harsh.yaml"),
+         "--bpe-model", str(tiny_data.bpe_model), "--nna-spec", str(NNA_CONF / "harsh.yaml"),
          "--calibration-cuts", str(tiny_data.train), "--calibration-batches", "2",
          "--placements", "", "encoder.layers.*=cpu", "--cuts", f"dev={tiny_data.dev}", "--label", "small"],
         capture_output=True, text=True, check=True,

@@ -9,12 +9,11 @@ import pytest
 import yaml
 
 from nnaqat.nna import NnaSpec, NnaSpecError, QFormat
-
-CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna"
+from repo_paths import NNA_CONF
 
 
 def test_default_spec_file_is_the_documented_default():
-    spec = NnaSpec.from_yaml(CONF / "int8.yaml")
+    spec = NnaSpec.from_yaml(NNA_CONF / "int8.yaml")
     assert spec == NnaSpec()
     assert (spec.weights.bits, spec.weights.granularity, spec.activations.bits) == (8, "per_channel", 8)
     assert (spec.accumulator.bits, spec.accumulator.overflow) == (32, "saturate")
@@ -26,17 +25,17 @@ def test_default_spec_file_is_the_documented_default():
 
 
 def test_harsh_spec_file():
-    spec = NnaSpec.from_yaml(CONF / "harsh.yaml")
+    spec = NnaSpec.from_yaml(NNA_CONF / "harsh.yaml")
     assert spec.lstm.gate.bits == 8 and spec.lstm.nonlinearity.bits == 8 and spec.lstm.cell_bits == 8
     assert (spec.lut.size, spec.lut.interpolate) == (65, False)
     assert (spec.accumulator.bits, spec.accumulator.overflow) == (20, "saturate")
-    narrow = NnaSpec.from_yaml(CONF / "harsh-acc19.yaml")  # the same NNA with one accumulator bit less
+    narrow = NnaSpec.from_yaml(NNA_CONF / "harsh-acc19.yaml")  # the same NNA with one accumulator bit less
     assert narrow == dataclasses.replace(spec, accumulator=dataclasses.replace(spec.accumulator, bits=19))
 
 
 def test_a_spec_may_fix_the_cell_scale(tmp_path):
-    calibrated = NnaSpec.from_yaml(CONF / "harsh-cell4.yaml")
-    fixed = NnaSpec.from_yaml(CONF / "harsh-cell4-fixed.yaml")
+    calibrated = NnaSpec.from_yaml(NNA_CONF / "harsh-cell4.yaml")
+    fixed = NnaSpec.from_yaml(NNA_CONF / "harsh-cell4-fixed.yaml")
     assert calibrated.lstm.cell_frac_bits is None and fixed.lstm.cell_frac_bits == 1
     assert fixed == dataclasses.replace(calibrated, lstm=dataclasses.replace(calibrated.lstm, cell_frac_bits=1))
     assert fixed.lstm.cell_frac_bit_limits() == (-10, 14)  # Q3.4 gates, Q0.7 tables
@@ -64,7 +63,7 @@ def test_placement_first_matching_glob_wins(tmp_path):
 
 def edited(tmp_path: Path, section: str, key: str, value) -> Path:
     """int8.yaml with one value replaced (or added)."""
-    data = yaml.safe_load((CONF / "int8.yaml").read_text())
+    data = yaml.safe_load((NNA_CONF / "int8.yaml").read_text())
     if section:
         data[section][key] = value
     else:
@@ -111,10 +110,10 @@ def test_lut_must_fit_the_gate_format(tmp_path):
         NnaSpec.from_yaml(path)
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in CONF.glob("*.yaml")))  # every shipped spec
+@pytest.mark.parametrize("name", sorted(path.name for path in NNA_CONF.glob("*.yaml")))  # every shipped spec
 def test_spec_round_trips_through_its_mapping(name):
     """``to_dict`` gives the file's mapping with every key (stored in checkpoints and integer models)."""
-    spec = NnaSpec.from_yaml(CONF / name)
+    spec = NnaSpec.from_yaml(NNA_CONF / name)
     mapping = spec.to_dict()
     assert NnaSpec.from_dict(mapping) == spec
     assert yaml.safe_load(yaml.safe_dump(mapping)) == mapping  # plain YAML types only

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,9 @@ from nnaqat.nna.models import NnaLstmEncoder
 from nnaqat.nna.recognize import integer_decode_cuts
 from nnaqat.quant import QuantConfig
 from nnaqat.trainer import TrainConfig, Trainer
+from repo_paths import NNA_CONF
 
-SPEC = Path(__file__).resolve().parents[1] / "egs/fsdd/conf/nna/int8.yaml"
+SPEC = NNA_CONF / "int8.yaml"
 
 
 def observer_ranges(model: torch.nn.Module) -> dict:

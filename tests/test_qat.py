@@ -12,8 +12,8 @@ import torch
 from nnaqat.checkpoint import load_checkpoint, load_model
 from nnaqat.quant import QuantConfig
 from nnaqat.trainer import TrainConfig, train
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = {"encoder_kwargs": {"hidden_size": 64, "num_layers": 1}, "predictor_kwargs": {"embedding_dim": 32}, "joiner_dim": 32}
 
 

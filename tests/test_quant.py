@@ -29,8 +29,8 @@ from nnaqat.quant.fake_quant import channel_view, fake_quantize, uniform_int8_le
 from nnaqat.quant.quantizers import CodebookSnap
 from nnaqat.quant.mracos import mracos_and_grad
 from nnaqat.sizes import WeightSize
+from repo_paths import FSDD_CONF
 
-FSDD_CONF = Path(__file__).resolve().parents[1] / "egs/fsdd/conf"
 
 SMALL_MODEL = {
     "vocab_size": 32,

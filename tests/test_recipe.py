@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -14,8 +13,7 @@ from lhotse import RecordingSet, SupervisionSet, load_manifest
 
 from nnaqat.checkpoint import load_model
 from nnaqat.sizes import read_weight_size
-
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import FSDD_RECIPE, NNA_CONF, REPO
 
 
 def run(args, cwd, **kwargs):
@@ -59,7 +57,7 @@ def test_loso_tables_average_each_kind_of_model_over_the_speakers(tmp_path):
     each stage-7 suffix), each with the mean over the speakers that have it."""
     recipe = tmp_path / "egs/fsdd"
     (recipe / "local").mkdir(parents=True)
-    shutil.copy(REPO / "egs/fsdd/local/run_loso.sh", recipe / "local")
+    shutil.copy(FSDD_RECIPE / "local/run_loso.sh", recipe / "local")
     (tmp_path / "local").symlink_to(REPO / "local")
     (tmp_path / ".venv/bin").mkdir(parents=True)
     (tmp_path / ".venv/bin/activate").write_text("")  # the test's own python is on PATH
@@ -114,7 +112,7 @@ def test_stage_7_nna_runs_build_checked_integer_models(tiny_data, small_checkpoi
     shutil.copy(tiny_data.bpe_model, tmp_path / "data/lang_bpe_32/bpe.model")
     (tmp_path / "exp/fp32").mkdir(parents=True)
     shutil.copy(small_checkpoint, tmp_path / "exp/fp32/pretrained.pt")
-    shutil.copytree(REPO / "egs/fsdd/conf/nna", tmp_path / "conf/nna")
+    shutil.copytree(NNA_CONF, tmp_path / "conf/nna")
     common = ["--parts", "train dev", "--speed-perturb", "", "--quant-runs", "", "--nna-runs",
               "int8 int8+s8bqat:3", "--decode-methods", "greedy_search", "--max-duration", "60"]
     done = run([*common, "--stage", "7", "--stop-stage", "7"], tmp_path)

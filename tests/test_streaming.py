@@ -19,8 +19,8 @@ from nnaqat.decode.search import search
 from nnaqat.decode.streaming import ChunkGeometry, StreamingDecoder, decode_cuts_streaming
 from nnaqat.decode.wer import error_stats
 from nnaqat.models import Transducer, TransducerConfig
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ["greedy_search", "modified_beam_search"]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ import yaml
 from nnaqat.checkpoint import load_checkpoint, save_checkpoint
 from nnaqat.data.datamodule import batch_to_tensors
 from nnaqat.trainer import TrainConfig, lr_factor, pruned_loss_scale, train
+from repo_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 MODEL = {
     "encoder_kwargs": {"hidden_size": 48, "num_layers": 1, "dropout": 0.1},
