@@ -5,7 +5,8 @@
 // operators in nnaqat/nna/ops.py; the tests hold it to the NumPy reference engine bit for bit
 // and its backward pass to autograd through those operators. Written with torch operators the
 // step is some sixty small tensor operations, each paying the dispatcher's overhead; here the
-// element-wise work of a step is one pass and only the matmul goes through ATen (BLAS).
+// element-wise work of a step runs in plain loops (the gates' in one the compiler vectorizes)
+// and only the matmul goes through ATen (BLAS).
 //
 // Tensors hold integer values in float32 (the Python side's convention); the arithmetic is in
 // int64, or in float32/float64 where the operator's definition says so (fixed_point.h).
@@ -44,6 +45,20 @@ struct GateLuts {
   }
 };
 
+// A table's output at every gate code, from the lowest: one load per lookup in the recurrence
+// instead of an interpolation's chain of dependent operations. The outputs are int16 (the
+// spec's nonlinearity format has at most 16 bits), so two tables of 2**16 codes take 256 KB.
+std::vector<int16_t> every_code(const Lut& table, int64_t gate_bits) {
+  std::vector<int16_t> values(size_t(1) << gate_bits);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const int64_t value = table(table.input_low + static_cast<int64_t>(i));
+    TORCH_CHECK(value >= std::numeric_limits<int16_t>::min() && value <= std::numeric_limits<int16_t>::max(),
+                "integer_lstm: table output ", value, " does not fit 16 bits");
+    values[i] = static_cast<int16_t>(value);
+  }
+  return values;
+}
+
 // The layer's integer constants (see NnaLstm in nnaqat/nna/lstm.py).
 struct Constants {
   int64_t h_zero_point, acc_bits, gate_bits, cell_bits, hidden_bits, m_out, shift_out, rounding;
@@ -77,7 +92,7 @@ inline const at::Tensor& centered(const float* h, int64_t zero_point, const at::
 // byte stores may alias anything reached through a reference, and would reload it per element.
 struct ForwardRows {
   Constants k;
-  GateLuts luts;
+  const int16_t *sigmoid_at, *tanh_at;  // every_code's tables, indexed by the gate code
   int64_t T, H;
   double acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high, hidden_low, hidden_high;
   const float* x32;  // the input product, float32 or float64 (the other is null)
@@ -93,24 +108,102 @@ struct ForwardRows {
   double* ranges;                        // (N, 4)
 };
 
+// Exact integers held in float32 or float64, as int64 (a loop the compiler vectorizes).
+template <typename Real>
+inline void to_int64(const Real* __restrict from, int64_t* __restrict to, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) to[i] = static_cast<int64_t>(from[i]);
+}
+
+// The accumulators' bounds and the gate codes' range.
+struct GateBounds {
+  int64_t acc_low, acc_high, acc_span, gate_low, gate_high;
+  bool acc_saturate;
+};
+
+// overflow() with the mode chosen by a select instead of a branch (which would stop the loop
+// from vectorizing); saturate_mask is 0 (wrap) or -1 (saturate).
+inline int64_t overflow_select(int64_t total, int64_t low, int64_t high, int64_t span, int64_t saturate_mask,
+                               bool* inside) {
+  const int64_t clamped = std::min(std::max(total, low), high);
+  const int64_t wrapped = ((total - low) & (span - 1)) + low;
+  *inside = !saturate_mask || (total >= low && total <= high);
+  return (clamped & saturate_mask) | (wrapped & ~saturate_mask);
+}
+
+// A channel's fixed-point multiplier; for single rounding also its right shift 31 - s and
+// rounding constant 2**(30 - s), computed once: the vectorizer gives up on a loop that
+// derives them per element (it narrows the shift counts).
+struct Multipliers {
+  std::vector<int64_t> m, s, right_shift, half;
+
+  Multipliers(const int64_t* multiplier, const int64_t* shift, int64_t count)
+      : m(multiplier, multiplier + count), s(shift, shift + count), right_shift(count), half(count) {
+    for (int64_t j = 0; j < count; ++j) right_shift[j] = 31 - s[j], half[j] = int64_t(1) << (30 - s[j]);
+  }
+};
+
+// requantize<kRounding> of channel j.
+template <int64_t kRounding>
+[[gnu::always_inline]] inline int64_t requantize_channel(int64_t acc, const int64_t* __restrict m,
+                                                         const int64_t* __restrict s,
+                                                         const int64_t* __restrict right_shift,
+                                                         const int64_t* __restrict half, int64_t j) {
+  if constexpr (kRounding == kSingle) return floor_shift(acc * m[j] + half[j], right_shift[j]);
+  else return requantize<kRounding>(acc, m[j], s[j]);
+}
+
+// One sequence's gates at one step: the input's accumulator x_acc + x_offset requantized to
+// gate codes (ops.linear_codes) plus the recurrent accumulator h_acc (each saturated or
+// wrapped) requantized, saturated. Writes the codes (int32, and float32 for the records) and
+// the flags. Written as one loop over plain arrays so that it vectorizes. (The zero point is 0:
+// where it is added, before or after rounding, makes no difference.)
+template <int64_t kRounding>
+void gate_codes(const GateBounds& bounds, int64_t G, const int64_t* __restrict x_acc,
+                const int64_t* __restrict x_offset, const Multipliers& input, const int64_t* __restrict h_acc,
+                const Multipliers& recurrent, int32_t* __restrict codes, float* __restrict gates,
+                uint8_t* __restrict flags) {
+  const int64_t acc_low = bounds.acc_low, acc_high = bounds.acc_high, span = bounds.acc_span;
+  const int64_t gate_low = bounds.gate_low, gate_high = bounds.gate_high;
+  const int64_t saturate_mask = bounds.acc_saturate ? -1 : 0;
+  const int64_t *const m_in = input.m.data(), *const s_in = input.s.data();
+  const int64_t *const shift_in = input.right_shift.data(), *const half_in = input.half.data();
+  const int64_t *const m_h = recurrent.m.data(), *const s_h = recurrent.s.data();
+  const int64_t *const shift_h = recurrent.right_shift.data(), *const half_h = recurrent.half.data();
+  for (int64_t j = 0; j < G; ++j) {
+    bool input_acc_in, input_in, acc_in, gate_in;
+    const int64_t input_total =
+        overflow_select(x_acc[j] + x_offset[j], acc_low, acc_high, span, saturate_mask, &input_acc_in);
+    const int64_t from_x = saturate(requantize_channel<kRounding>(input_total, m_in, s_in, shift_in, half_in, j),
+                                    gate_low, gate_high, &input_in);
+    const int64_t total = overflow_select(h_acc[j], acc_low, acc_high, span, saturate_mask, &acc_in);
+    const int64_t gate = saturate(from_x + requantize_channel<kRounding>(total, m_h, s_h, shift_h, half_h, j),
+                                  gate_low, gate_high, &gate_in);
+    codes[j] = static_cast<int32_t>(gate);
+    gates[j] = static_cast<float>(gate);
+    flags[j] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0) |
+                                    (input_acc_in ? kInputAccInside : 0) | (input_in ? kInputInside : 0));
+  }
+}
+
 // Sequences [begin, end) through every step, for one rounding mode (the step's per-element
 // work compiled without a switch on it). w_t (H, 4H): the recurrent weights, float32 or float64.
 template <int64_t kRounding, bool kZeroPointBeforeRounding>
 void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begin, int64_t end) {
   const ForwardRows p = shared;
   const Constants k = p.k;
-  const Lut sigmoid_table = p.luts.sigmoid, tanh_table = p.luts.tanh;
+  const int16_t *const sigmoid_at = p.sigmoid_at, *const tanh_at = p.tanh_at;
   const int64_t T = p.T, H = p.H, G = 4 * H, rows = end - begin;
   const bool in_float32 = w_t.scalar_type() == at::kFloat;
   auto h_centered = at::empty({rows, H}, w_t.options());
   auto acc = at::empty({rows, G}, w_t.options());
   std::vector<double> ifgo(G);  // one sequence's i, f, g, o
   // The gates' work is in int64 (cheaper than float64 and its conversions): bounds, the input's offsets.
-  const auto acc_low = static_cast<int64_t>(p.acc_low), acc_high = static_cast<int64_t>(p.acc_high);
-  const auto acc_span = static_cast<int64_t>(p.wrap_span);
-  const auto gate_low = static_cast<int64_t>(p.gate_low), gate_high = static_cast<int64_t>(p.gate_high);
-  const bool acc_saturate = k.acc_saturate;
-  std::vector<int64_t> x_offset(p.x_offset, p.x_offset + G);
+  const GateBounds bounds{static_cast<int64_t>(p.acc_low), static_cast<int64_t>(p.acc_high),
+                          static_cast<int64_t>(p.wrap_span), static_cast<int64_t>(p.gate_low),
+                          static_cast<int64_t>(p.gate_high), k.acc_saturate};
+  std::vector<int64_t> x_offset(p.x_offset, p.x_offset + G), x_acc(G), h_acc(G);
+  const Multipliers input(p.m_in, p.s_in, G), recurrent(p.m, p.s, G);
+  std::vector<int32_t> codes(G);
   for (int64_t t = 0; t < T; ++t) {
     float* const h_prev = p.h_prev + t * p.step_stride_h;
     float* const c_prev = p.c_prev + t * p.step_stride_h;
@@ -128,27 +221,15 @@ void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begi
       // recurrent accumulator (saturated or wrapped) requantized, saturated; then the tables:
       // sigmoid for i, f, o and tanh for g.
       const int64_t x_row = (n * T + t) * G, acc_row = (n - begin) * G;
+      if (p.x32) to_int64(p.x32 + x_row, x_acc.data(), G);
+      else to_int64(p.x64 + x_row, x_acc.data(), G);
+      if (a32) to_int64(a32 + acc_row, h_acc.data(), G);
+      else to_int64(a64 + acc_row, h_acc.data(), G);
+      gate_codes<kRounding>(bounds, G, x_acc.data(), x_offset.data(), input, h_acc.data(), recurrent, codes.data(),
+                            gates + n * G, gate_flags + n * G);
       for (int64_t quarter = 0; quarter < 4; ++quarter) {
-        const Lut& table = quarter == 2 ? tanh_table : sigmoid_table;
-        for (int64_t j = quarter * H; j < (quarter + 1) * H; ++j) {
-          bool input_acc_in, input_in, acc_in, gate_in;
-          const int64_t input_total =
-              overflow((p.x32 ? static_cast<int64_t>(p.x32[x_row + j]) : static_cast<int64_t>(p.x64[x_row + j])) +
-                           x_offset[j], acc_low, acc_high, acc_span, acc_saturate, &input_acc_in);
-          const int64_t from_x = saturate(
-              requantized_code<kRounding>(input_total, p.m_in[j], p.s_in[j], 0, kZeroPointBeforeRounding), gate_low,
-              gate_high, &input_in);
-          const int64_t total =
-              overflow(a32 ? static_cast<int64_t>(a32[acc_row + j]) : static_cast<int64_t>(a64[acc_row + j]), acc_low,
-                       acc_high, acc_span, acc_saturate, &acc_in);
-          const int64_t gate =
-              saturate(from_x + requantize<kRounding>(total, p.m[j], p.s[j]), gate_low, gate_high, &gate_in);
-          gates[n * G + j] = static_cast<float>(gate);
-          gate_flags[n * G + j] = static_cast<uint8_t>((acc_in ? kAccInside : 0) | (gate_in ? kGateInside : 0) |
-                                                       (input_acc_in ? kInputAccInside : 0) |
-                                                       (input_in ? kInputInside : 0));
-          ifgo[j] = static_cast<double>(table(gate));
-        }
+        const int16_t* const table = quarter == 2 ? tanh_at : sigmoid_at;
+        for (int64_t j = quarter * H; j < (quarter + 1) * H; ++j) ifgo[j] = static_cast<double>(table[codes[j]]);
       }
       // The cell and the hidden state, unit by unit; the ranges the observers see.
       double product_min = p.ranges[4 * n], product_max = p.ranges[4 * n + 1];
@@ -167,7 +248,7 @@ void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begi
         const double c_new = saturate(unsaturated, p.cell_low, p.cell_high, &cell_in);
         const double in_gate_format = saturate(mul_rounded<kRounding>(c_new, 1.0, k.cell_gate_scale), p.gate_low,
                                                p.gate_high, &cell_gate_in);
-        const auto tanh_c = static_cast<double>(tanh_table(static_cast<int64_t>(in_gate_format)));
+        const auto tanh_c = static_cast<double>(tanh_at[static_cast<int64_t>(in_gate_format)]);
         const double product = o * tanh_c;  // < 2**30: exact
         product_min = std::min(product_min, product);
         product_max = std::max(product_max, product);
@@ -228,6 +309,8 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
   const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
   TORCH_CHECK(mh.numel() == G && sh.numel() == G, "integer_lstm: one multiplier per gate unit");
   const GateLuts luts = GateLuts::from(sig, tnh, k.gate_bits, k.lut_segment_bits, k.lut_interpolate);
+  const std::vector<int16_t> sigmoid_values = every_code(luts.sigmoid, k.gate_bits);
+  const std::vector<int16_t> tanh_values = every_code(luts.tanh, k.gate_bits);
 
   const double acc_low = low_of(k.acc_bits), acc_high = high_of(k.acc_bits);
   const double wrap_span = std::ldexp(1.0, static_cast<int>(k.acc_bits));
@@ -264,7 +347,7 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const ForwardRows rows{k, luts, T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
+  const ForwardRows rows{k, sigmoid_values.data() - luts.sigmoid.input_low, tanh_values.data() - luts.tanh.input_low, T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
                          hidden_low, hidden_high, x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr,
                          x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>(), off.data_ptr<double>(),
                          mx.data_ptr<int64_t>(), sx.data_ptr<int64_t>(), mh.data_ptr<int64_t>(), sh.data_ptr<int64_t>(),
@@ -324,6 +407,8 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
   const int64_t gate_bits = ints[0];
   const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
   const GateLuts luts = GateLuts::from(sig, tnh, gate_bits, ints[1], ints[2] != 0);
+  const std::vector<int16_t> sigmoid_values = every_code(luts.sigmoid, gate_bits);
+  const std::vector<int16_t> tanh_values = every_code(luts.tanh, gate_bits);
   const auto sig_slope = sigmoid_slope.to(at::kFloat).contiguous(), tanh_sl = tanh_slope.to(at::kFloat).contiguous();
   TORCH_CHECK(sig_slope.numel() == (int64_t(1) << gate_bits) && tanh_sl.numel() == sig_slope.numel(),
               "integer_lstm: slope tables must hold every gate code");
@@ -346,7 +431,8 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
   const float* gyp = has_grad_y ? gy.data_ptr<float>() : nullptr;
   // As in the forward pass, each thread takes its share of the batch through every step.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    const GateLuts lut = luts;
+    const int16_t* const sigmoid_value = sigmoid_values.data() - gate_low;
+    const int16_t* const tanh_value = tanh_values.data() - gate_low;
     std::vector<float> gg(G);  // one sequence's gate gradients
     auto dh_rows = dh.narrow(0, begin, end - begin);  // contiguous: the matmul writes into dh
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -360,8 +446,8 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
         const int64_t base = n * G;
         float* gp = grad_product.data_ptr<float>() + (n * T + t) * G;
         // The tables' outputs and slopes at this step's gate codes (slopes zero where the gate saturated).
-        const auto value = [&](const Lut& table, int64_t j) {
-          return static_cast<float>(table(static_cast<int64_t>(gates[base + j])));
+        const auto value = [&](const int16_t* table, int64_t j) {
+          return static_cast<float>(table[static_cast<int64_t>(gates[base + j])]);
         };
         const auto slope = [&](int64_t j, const float* table) {
           return (gate_flags[base + j] & kGateInside) ? table[static_cast<int64_t>(gates[base + j])] : 0.0f;
@@ -370,10 +456,10 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
           const int64_t at = n * H + u;
           const uint8_t flags = unit_flags[at];
           const float d_h = dhp[at] + (gyp ? gyp[(n * T + t) * H + u] : 0.0f);
-          const float i = value(lut.sigmoid, u), f = value(lut.sigmoid, H + u), g = value(lut.tanh, 2 * H + u),
-                      o = value(lut.sigmoid, 3 * H + u);
+          const float i = value(sigmoid_value, u), f = value(sigmoid_value, H + u), g = value(tanh_value, 2 * H + u),
+                      o = value(sigmoid_value, 3 * H + u);
           const auto cell_code = static_cast<int64_t>(cell_gate[at]);
-          const auto squashed = static_cast<float>(lut.tanh(cell_code));
+          const auto squashed = static_cast<float>(tanh_value[cell_code]);
           const float d_product = (flags & kHiddenInside) ? d_h * r_out : 0.0f;
           const float d_o = d_product * squashed;
           const float squash_slope = (flags & kCellGateInside) ? tanh_at[cell_code] * cell_gate_scale : 0.0f;
