@@ -116,19 +116,24 @@ template <int64_t kRounding>
                   low, high, inside);
 }
 
-// An accumulator total (an exact integer, in int64 or float64) into `bits` bits: saturated to
-// [low, high] (setting `inside`) or wrapped around in two's complement (`inside` always true);
+// An accumulator total (an exact integer in float64) into `bits` bits: saturated to [low,
+// high] (setting `inside`) or wrapped around in two's complement (`inside` always true);
 // span = 2**bits.
-template <typename Number>
-inline Number overflow(Number total, Number low, Number high, Number span, bool saturate_it, bool* inside) {
+inline double overflow(double total, double low, double high, double span, bool saturate_it, bool* inside) {
   if (saturate_it) return saturate(total, low, high, inside);
   *inside = true;
-  if constexpr (std::is_integral_v<Number>) {
-    return ((total - low) & (span - 1)) + low;
-  } else {
-    const Number wrapped = std::fmod(total - low, span);
-    return (wrapped < 0 ? wrapped + span : wrapped) + low;
-  }
+  const double wrapped = std::fmod(total - low, span);
+  return (wrapped < 0 ? wrapped + span : wrapped) + low;
+}
+
+// The same in int64, the mode a mask (-1 saturate, 0 wrap) applied by a select rather than a
+// branch, so that a loop of it vectorizes.
+inline int64_t overflow_select(int64_t total, int64_t low, int64_t high, int64_t span, int64_t saturate_mask,
+                               bool* inside) {
+  const int64_t clamped = std::min(std::max(total, low), high);
+  const int64_t wrapped = ((total - low) & (span - 1)) + low;
+  *inside = !saturate_mask || (total >= low && total <= high);
+  return (clamped & saturate_mask) | (wrapped & ~saturate_mask);
 }
 
 // A table as nnaqat.nna.lut builds it, read as reference.lut_lookup reads it: 2**n + 1 int64

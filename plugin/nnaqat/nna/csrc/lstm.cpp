@@ -120,16 +120,6 @@ struct GateBounds {
   bool acc_saturate;
 };
 
-// overflow() with the mode chosen by a select instead of a branch (which would stop the loop
-// from vectorizing); saturate_mask is 0 (wrap) or -1 (saturate).
-inline int64_t overflow_select(int64_t total, int64_t low, int64_t high, int64_t span, int64_t saturate_mask,
-                               bool* inside) {
-  const int64_t clamped = std::min(std::max(total, low), high);
-  const int64_t wrapped = ((total - low) & (span - 1)) + low;
-  *inside = !saturate_mask || (total >= low && total <= high);
-  return (clamped & saturate_mask) | (wrapped & ~saturate_mask);
-}
-
 // A channel's fixed-point multiplier; for single rounding also its right shift 31 - s and
 // rounding constant 2**(30 - s), computed once: the vectorizer gives up on a loop that
 // derives them per element (it narrows the shift counts).
