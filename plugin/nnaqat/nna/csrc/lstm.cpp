@@ -337,7 +337,8 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const ForwardRows rows{k, sigmoid_values.data() - luts.sigmoid.input_low, tanh_values.data() - luts.tanh.input_low, T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
+  const ForwardRows rows{k, sigmoid_values.data() - luts.sigmoid.input_low, tanh_values.data() - luts.tanh.input_low,
+                         T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
                          hidden_low, hidden_high, x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr,
                          x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>(), off.data_ptr<double>(),
                          mx.data_ptr<int64_t>(), sx.data_ptr<int64_t>(), mh.data_ptr<int64_t>(), sh.data_ptr<int64_t>(),
@@ -421,54 +422,75 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
   const float* gyp = has_grad_y ? gy.data_ptr<float>() : nullptr;
   // As in the forward pass, each thread takes its share of the batch through every step.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    // Locals, not the closure's references: the loops' stores could alias those, which would
+    // then be reloaded per element.
+    float* __restrict const dh_data = dhp;
+    float* __restrict const dc_data = dcp;
+    const float *const r_h_data = rhp, *const gy_data = gyp, *const sigmoid_slope_at = sigmoid_at,
+                *const tanh_slope_at = tanh_at;
+    const double* const r_x_data = rxp;
+    const float r_hidden = r_out, kept = kept_scale, written = written_scale, squash_scale = cell_gate_scale;
+    const int64_t n_rows = N, steps = T, units = H, gate_count = G;
     const int16_t* const sigmoid_value = sigmoid_values.data() - gate_low;
     const int16_t* const tanh_value = tanh_values.data() - gate_low;
-    std::vector<float> gg(G);  // one sequence's gate gradients
+    std::vector<float> gg(gate_count);  // one sequence's gate gradients
+    const std::vector<float> no_grad_y(units);
     auto dh_rows = dh.narrow(0, begin, end - begin);  // contiguous: the matmul writes into dh
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const float* c_prev = records[1].data_ptr<float>() + t * N * H;
-      const float* gates = records[2].data_ptr<float>() + t * N * G;
-      const uint8_t* gate_flags = records[3].data_ptr<uint8_t>() + t * N * G;
-      const float* cell_gate = records[4].data_ptr<float>() + t * N * H;
-      const uint8_t* unit_flags = records[5].data_ptr<uint8_t>() + t * N * H;
-      float* ga = grad_acc.data_ptr<float>() + t * N * G;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const float* c_prev = records[1].data_ptr<float>() + t * n_rows * units;
+      const float* gates = records[2].data_ptr<float>() + t * n_rows * gate_count;
+      const uint8_t* gate_flags = records[3].data_ptr<uint8_t>() + t * n_rows * gate_count;
+      const float* cell_gate = records[4].data_ptr<float>() + t * n_rows * units;
+      const uint8_t* unit_flags = records[5].data_ptr<uint8_t>() + t * n_rows * units;
+      float* ga = grad_acc.data_ptr<float>() + t * n_rows * gate_count;
       for (int64_t n = begin; n < end; ++n) {
-        const int64_t base = n * G;
-        float* gp = grad_product.data_ptr<float>() + (n * T + t) * G;
-        // The tables' outputs and slopes at this step's gate codes (slopes zero where the gate saturated).
-        const auto value = [&](const int16_t* table, int64_t j) {
-          return static_cast<float>(table[static_cast<int64_t>(gates[base + j])]);
+        const int64_t base = n * gate_count;
+        float* __restrict const gp = grad_product.data_ptr<float>() + (n * steps + t) * gate_count;
+        const float* __restrict const gy_row = gy_data ? gy_data + (n * steps + t) * units : no_grad_y.data();
+        float* __restrict const gate_grads = gg.data();
+        // The tables' outputs and slopes at this step's gate codes (slopes zero where the gate
+        // saturated). Every lookup is made (all codes are in the tables) and masked after, with
+        // no branch on the flags.
+        const float* const gate_row = gates + base;
+        const uint8_t* const gate_flag_row = gate_flags + base;
+        const auto value = [gate_row](const int16_t* table, int64_t j) {
+          return static_cast<float>(table[static_cast<int64_t>(gate_row[j])]);
         };
-        const auto slope = [&](int64_t j, const float* table) {
-          return (gate_flags[base + j] & kGateInside) ? table[static_cast<int64_t>(gates[base + j])] : 0.0f;
+        const auto slope = [gate_row, gate_flag_row](int64_t j, const float* table) {
+          const float at_code = table[static_cast<int64_t>(gate_row[j])];
+          return (gate_flag_row[j] & kGateInside) ? at_code : 0.0f;
         };
-        for (int64_t u = 0; u < H; ++u) {
-          const int64_t at = n * H + u;
+        for (int64_t u = 0; u < units; ++u) {
+          const int64_t at = n * units + u;
           const uint8_t flags = unit_flags[at];
-          const float d_h = dhp[at] + (gyp ? gyp[(n * T + t) * H + u] : 0.0f);
-          const float i = value(sigmoid_value, u), f = value(sigmoid_value, H + u), g = value(tanh_value, 2 * H + u),
-                      o = value(sigmoid_value, 3 * H + u);
+          const float d_h = dh_data[at] + gy_row[u];
+          const float i = value(sigmoid_value, u), f = value(sigmoid_value, units + u),
+                      g = value(tanh_value, 2 * units + u), o = value(sigmoid_value, 3 * units + u);
           const auto cell_code = static_cast<int64_t>(cell_gate[at]);
           const auto squashed = static_cast<float>(tanh_value[cell_code]);
-          const float d_product = (flags & kHiddenInside) ? d_h * r_out : 0.0f;
+          const float d_product = (flags & kHiddenInside) ? d_h * r_hidden : 0.0f;
           const float d_o = d_product * squashed;
-          const float squash_slope = (flags & kCellGateInside) ? tanh_at[cell_code] * cell_gate_scale : 0.0f;
-          const float d_c = (flags & kCellInside) ? dcp[at] + d_product * o * squash_slope : 0.0f;
-          const float d_kept = (flags & kKeptInside) ? d_c * kept_scale : 0.0f;
-          const float d_written = (flags & kWrittenInside) ? d_c * written_scale : 0.0f;
-          gg[u] = d_written * g * slope(u, sigmoid_at);
-          gg[H + u] = d_kept * c_prev[at] * slope(H + u, sigmoid_at);
-          gg[2 * H + u] = d_written * i * slope(2 * H + u, tanh_at);
-          gg[3 * H + u] = d_o * slope(3 * H + u, sigmoid_at);
-          dcp[at] = d_kept * f;
+          const float tanh_slope = tanh_slope_at[cell_code];
+          const float squash_slope = (flags & kCellGateInside) ? tanh_slope * squash_scale : 0.0f;
+          const float d_c_in = dc_data[at] + d_product * o * squash_slope;
+          const float d_c = (flags & kCellInside) ? d_c_in : 0.0f;
+          const float d_kept = (flags & kKeptInside) ? d_c * kept : 0.0f;
+          const float d_written = (flags & kWrittenInside) ? d_c * written : 0.0f;
+          gate_grads[u] = d_written * g * slope(u, sigmoid_slope_at);
+          gate_grads[units + u] = d_kept * c_prev[at] * slope(units + u, sigmoid_slope_at);
+          gate_grads[2 * units + u] = d_written * i * slope(2 * units + u, tanh_slope_at);
+          gate_grads[3 * units + u] = d_o * slope(3 * units + u, sigmoid_slope_at);
+          dc_data[at] = d_kept * f;
         }
         constexpr uint8_t kInputBothInside = kInputAccInside | kInputInside;
-        for (int64_t j = 0; j < G; ++j) {
-          const uint8_t flags = gate_flags[base + j];
-          ga[base + j] = (flags & kAccInside) ? gg[j] * rhp[j] : 0.0f;
+        float* __restrict const ga_row = ga + base;
+        for (int64_t j = 0; j < gate_count; ++j) {
+          const uint8_t flags = gate_flag_row[j];
+          const float through_recurrent = gate_grads[j] * r_h_data[j];
           // As ops.linear_codes' backward: the real multiplier in float64 where neither clamp was active.
-          gp[j] = (flags & kInputBothInside) == kInputBothInside
-                      ? static_cast<float>(static_cast<double>(gg[j]) * rxp[j]) : 0.0f;
+          const auto through_input = static_cast<float>(static_cast<double>(gate_grads[j]) * r_x_data[j]);
+          ga_row[j] = (flags & kAccInside) ? through_recurrent : 0.0f;
+          gp[j] = (flags & kInputBothInside) == kInputBothInside ? through_input : 0.0f;
         }
       }
       at::mm_out(dh_rows, grad_acc[t].narrow(0, begin, end - begin), w);  // (rows, 4H) @ (4H, H)
