@@ -138,8 +138,7 @@ inline int64_t overflow_select(int64_t total, int64_t low, int64_t high, int64_t
 
 // A table as nnaqat.nna.lut builds it, read as reference.lut_lookup reads it: 2**n + 1 int64
 // entries spanning the input codes from `input_low` in segments of 2**segment_bits codes,
-// linearly interpolated (rounding half up) or the nearest entry. A few hundred entries stay in
-// L1, where a table expanded to every 16-bit code would not stay in L2.
+// linearly interpolated (rounding half up) or the nearest entry.
 struct Lut {
   const int64_t* table;
   int64_t entries, segment_bits, input_low;

@@ -277,9 +277,9 @@ void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begi
 // Returns [y (N, T, H), h_T, c_T, ranges] with ranges (4,) float64: min and max of o * tanh(c)
 // (integer units) and of the unsaturated cell. With keep, then the records (T, N, ...) the
 // backward pass reads: h_prev, c_prev, gates (the saturated gate codes), gate_flags (uint8,
-// kAccInside | kGateInside | kInputAccInside | kInputInside), cell_gate (the new cell in the gate format), unit_flags (uint8,
-// kKeptInside | ... | kHiddenInside). The tables' outputs are not kept: the backward pass
-// looks them up again (a few hundred entries, in L1), which halves the records' memory.
+// kAccInside | kGateInside | kInputAccInside | kInputInside), cell_gate (the new cell in the
+// gate format), unit_flags (uint8, kKeptInside | ... | kHiddenInside). The tables' outputs are
+// not kept: the backward pass looks them up again (every_code), which halves the records' memory.
 std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::Tensor m_x, at::Tensor shift_x,
                                         at::Tensor w_h, at::Tensor h0, at::Tensor c0, at::Tensor m_h, at::Tensor shift_h,
                                         at::Tensor sigmoid, at::Tensor tanh, std::vector<int64_t> ints,
