@@ -191,7 +191,7 @@ class NnaLstm(nn.Module):
         ints = [
             k.h_zero_point, spec.accumulator.bits, lstm.gate.bits, lstm.cell_bits, lstm.hidden_bits, k.m_out,
             k.shift_out, ROUNDINGS.index(rounding), spec.accumulator.overflow == "saturate",
-            order == "before_rounding", self.luts.sigmoid.segment_bits, self.luts.sigmoid.interpolate,
+            order == "before_rounding",
         ]  # fmt: skip
         reals = [2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac), factor * 2.0**-shift]
         gates = k.w_x.size(0)
@@ -200,7 +200,7 @@ class NnaLstm(nn.Module):
             product, offset = ops.product_and_offset(x_q, k.w_x, k.x_zero_point, k.bias, x_max_abs)
             y, h, c, ranges, *records = _kernels.lstm_forward(
                 product, offset, torch.broadcast_to(k.m_x, (gates,)), torch.broadcast_to(k.shift_x, (gates,)), k.w_h,
-                h, c, k.m_h, k.shift_h, ops.lut_entries(self.luts.sigmoid), ops.lut_entries(self.luts.tanh), ints,
+                h, c, k.m_h, k.shift_h, ops.expanded_table(self.luts.sigmoid), ops.expanded_table(self.luts.tanh), ints,
                 reals, keep,
             )  # fmt: skip
             if self.training and x_q.size(1):
@@ -299,11 +299,11 @@ class _Recurrence(torch.autograd.Function):
             torch.empty(0) if grad_y is None else grad_y,
             torch.zeros(state_shape) if grad_h is None else grad_h,
             torch.zeros(state_shape) if grad_c is None else grad_c,
-            list(r), ops.lut_entries(sigmoid_lut), ops.lut_entries(tanh_lut), ops.expanded_derivative(sigmoid_lut),
-            ops.expanded_derivative(tanh_lut), w_h.detach(),
+            list(r), ops.expanded_table(sigmoid_lut), ops.expanded_table(tanh_lut),
+            ops.expanded_derivative(sigmoid_lut), ops.expanded_derivative(tanh_lut), w_h.detach(),
             torch.broadcast_to(ops.real_multiplier(k.m_x, k.shift_x), (gates,)),
             ops.real_multiplier(k.m_h, k.shift_h).float(),
-            [spec.lstm.gate.bits, sigmoid_lut.segment_bits, sigmoid_lut.interpolate],
+            [spec.lstm.gate.bits],
             [float(ops.real_multiplier(k.m_out, k.shift_out)), 2.0**-n_frac, 2.0 ** -(2 * n_frac - c_frac),
              factor * 2.0**-shift],
         )  # fmt: skip

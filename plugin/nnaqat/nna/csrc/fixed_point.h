@@ -136,23 +136,4 @@ inline int64_t overflow_select(int64_t total, int64_t low, int64_t high, int64_t
   return (clamped & saturate_mask) | (wrapped & ~saturate_mask);
 }
 
-// A table as nnaqat.nna.lut builds it, read as reference.lut_lookup reads it: 2**n + 1 int64
-// entries spanning the input codes from `input_low` in segments of 2**segment_bits codes,
-// linearly interpolated (rounding half up) or the nearest entry.
-struct Lut {
-  const int64_t* table;
-  int64_t entries, segment_bits, input_low;
-  bool interpolate;
-
-  int64_t operator()(int64_t code) const {
-    const int64_t position = code - input_low;
-    const int64_t half = (int64_t(1) << segment_bits) >> 1;
-    if (!interpolate) return table[floor_shift(position + half, segment_bits)];
-    const int64_t index = floor_shift(position, segment_bits);
-    const int64_t offset = position - (index << segment_bits);
-    const int64_t left = table[index], right = table[std::min(index + 1, entries - 1)];
-    return left + floor_shift((right - left) * offset + half, segment_bits);
-  }
-};
-
 }  // namespace nnaqat

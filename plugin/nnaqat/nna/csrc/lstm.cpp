@@ -29,51 +29,36 @@ constexpr double kFloat32Exact = 16777216.0;  // 2**24
 enum GateFlag : uint8_t { kAccInside = 1, kGateInside = 2, kInputAccInside = 4, kInputInside = 8 };
 enum UnitFlag : uint8_t { kKeptInside = 1, kWrittenInside = 2, kCellInside = 4, kCellGateInside = 8, kHiddenInside = 16 };
 
-// The two gate tables of a layer.
-struct GateLuts {
-  Lut sigmoid, tanh;
-
-  static GateLuts from(const at::Tensor& sigmoid, const at::Tensor& tanh, int64_t gate_bits, int64_t segment_bits,
-                       bool interpolate) {
-    TORCH_CHECK(sigmoid.scalar_type() == at::kLong && tanh.scalar_type() == at::kLong && sigmoid.is_contiguous() &&
-                    tanh.is_contiguous(), "integer_lstm: tables must be contiguous int64");
-    TORCH_CHECK(sigmoid.numel() == tanh.numel() && ((sigmoid.numel() - 1) << segment_bits) == (int64_t(1) << gate_bits),
-                "integer_lstm: the tables' segments must span the gate codes");
-    const auto low = static_cast<int64_t>(low_of(gate_bits));
-    return {{sigmoid.data_ptr<int64_t>(), sigmoid.numel(), segment_bits, low, interpolate},
-            {tanh.data_ptr<int64_t>(), tanh.numel(), segment_bits, low, interpolate}};
+// A gate table as the recurrence reads it: the output at every gate code, from the lowest
+// (ops.expanded_table's float32 values, exact integers) narrowed to int16 (the spec's
+// nonlinearity format has at most 16 bits), so that two tables of 2**16 codes take 256 KB.
+// One load per lookup instead of an interpolation's chain of dependent operations.
+std::vector<int16_t> every_code(const at::Tensor& expanded, int64_t gate_bits) {
+  const auto table = expanded.to(at::kFloat).contiguous();
+  TORCH_CHECK(table.numel() == (int64_t(1) << gate_bits), "integer_lstm: a table must hold every gate code");
+  const float* values = table.data_ptr<float>();
+  std::vector<int16_t> narrow(table.numel());
+  for (int64_t i = 0; i < table.numel(); ++i) {
+    TORCH_CHECK(values[i] >= std::numeric_limits<int16_t>::min() && values[i] <= std::numeric_limits<int16_t>::max(),
+                "integer_lstm: table output ", values[i], " does not fit 16 bits");
+    narrow[i] = static_cast<int16_t>(values[i]);
   }
-};
-
-// A table's output at every gate code, from the lowest: one load per lookup in the recurrence
-// instead of an interpolation's chain of dependent operations. The outputs are int16 (the
-// spec's nonlinearity format has at most 16 bits), so two tables of 2**16 codes take 256 KB.
-std::vector<int16_t> every_code(const Lut& table, int64_t gate_bits) {
-  std::vector<int16_t> values(size_t(1) << gate_bits);
-  for (size_t i = 0; i < values.size(); ++i) {
-    const int64_t value = table(table.input_low + static_cast<int64_t>(i));
-    TORCH_CHECK(value >= std::numeric_limits<int16_t>::min() && value <= std::numeric_limits<int16_t>::max(),
-                "integer_lstm: table output ", value, " does not fit 16 bits");
-    values[i] = static_cast<int16_t>(value);
-  }
-  return values;
+  return narrow;
 }
 
 // The layer's integer constants (see NnaLstm in nnaqat/nna/lstm.py).
 struct Constants {
   int64_t h_zero_point, acc_bits, gate_bits, cell_bits, hidden_bits, m_out, shift_out, rounding;
   bool acc_saturate, zero_point_before_rounding;
-  int64_t lut_segment_bits;
-  bool lut_interpolate;
   double kept_scale;       // 2**-n_frac: f * c to the cell scale
   double written_scale;    // 2**-(2 n_frac - c_frac): i * g to the cell scale
   double cell_gate_scale;  // factor * 2**-shift: the cell to the gate format
 
   static Constants from(const std::vector<int64_t>& ints, const std::vector<double>& reals) {
-    TORCH_CHECK(ints.size() == 12 && reals.size() == 3, "integer_lstm: expected 12 integers and 3 reals");
+    TORCH_CHECK(ints.size() == 10 && reals.size() == 3, "integer_lstm: expected 10 integers and 3 reals");
     TORCH_CHECK(ints[7] >= 0 && ints[7] <= 3, "integer_lstm: unknown rounding ", ints[7]);
     return {ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8] != 0, ints[9] != 0,
-            ints[10], ints[11] != 0, reals[0], reals[1], reals[2]};
+            reals[0], reals[1], reals[2]};
   }
 };
 
@@ -269,10 +254,9 @@ void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begi
 //                          per step instead of in a pass of their own
 //   w_h (4H, H)            float32 recurrent weight codes;  h0, c0 (N, H) state codes
 //   m_h, shift_h (4H,)     int64 fixed-point multipliers of the recurrent accumulator
-//   sigmoid, tanh          the gate tables' int64 entries (nnaqat.nna.lut.Lut.table)
+//   sigmoid, tanh          the gate tables at every gate code, (2**gate_bits,) float32 (ops.expanded_table)
 //   ints  = [h_zero_point, acc_bits, gate_bits, cell_bits, hidden_bits, m_out, shift_out,
-//            rounding (0 single, 1 double, 2 tosa, 3 fp32_rne), acc_saturate, zero_point_before_rounding,
-//            lut_segment_bits, lut_interpolate]
+//            rounding (0 single, 1 double, 2 tosa, 3 fp32_rne), acc_saturate, zero_point_before_rounding]
 //   reals = [kept_scale, written_scale, cell_gate_scale]
 // Returns [y (N, T, H), h_T, c_T, ranges] with ranges (4,) float64: min and max of o * tanh(c)
 // (integer units) and of the unsaturated cell. With keep, then the records (T, N, ...) the
@@ -296,11 +280,9 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
   const auto mx = m_x.to(at::kLong).contiguous(), sx = shift_x.to(at::kLong).contiguous();
   const auto off = offset.to(at::kDouble).contiguous();
   TORCH_CHECK(mx.numel() == G && sx.numel() == G && off.numel() == G, "integer_lstm: one input multiplier per gate");
-  const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
   TORCH_CHECK(mh.numel() == G && sh.numel() == G, "integer_lstm: one multiplier per gate unit");
-  const GateLuts luts = GateLuts::from(sig, tnh, k.gate_bits, k.lut_segment_bits, k.lut_interpolate);
-  const std::vector<int16_t> sigmoid_values = every_code(luts.sigmoid, k.gate_bits);
-  const std::vector<int16_t> tanh_values = every_code(luts.tanh, k.gate_bits);
+  const std::vector<int16_t> sigmoid_values = every_code(sigmoid, k.gate_bits);
+  const std::vector<int16_t> tanh_values = every_code(tanh, k.gate_bits);
 
   const double acc_low = low_of(k.acc_bits), acc_high = high_of(k.acc_bits);
   const double wrap_span = std::ldexp(1.0, static_cast<int>(k.acc_bits));
@@ -337,8 +319,9 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const ForwardRows rows{k, sigmoid_values.data() - luts.sigmoid.input_low, tanh_values.data() - luts.tanh.input_low,
-                         T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
+  const auto lowest_gate = static_cast<int64_t>(gate_low);  // the tables' first code
+  const ForwardRows rows{k, sigmoid_values.data() - lowest_gate, tanh_values.data() - lowest_gate, T, H, acc_low,
+                         acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
                          hidden_low, hidden_high, x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr,
                          x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>(), off.data_ptr<double>(),
                          mx.data_ptr<int64_t>(), sx.data_ptr<int64_t>(), mh.data_ptr<int64_t>(), sh.data_ptr<int64_t>(),
@@ -375,10 +358,10 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
 // Backward recurrence: the chain rule of the operators' straight-through estimators, step by
 // step from the last (see _Recurrence in nnaqat/nna/lstm.py).
 //   grad_y (N, T, H) or an empty tensor; grad_h, grad_c (N, H) float32
-//   records as lstm_forward returns them; sigmoid, tanh: the gate tables' int64 entries;
+//   records as lstm_forward returns them; sigmoid, tanh: the gate tables as lstm_forward takes them;
 //   sigmoid_slope, tanh_slope: the tables' derivatives at every gate code, (2**gate_bits,) float32
 //   w_h (4H, H); r_x, r_h (4H,) the input's and the recurrent real multipliers
-//   ints = [gate_bits, lut_segment_bits, lut_interpolate]
+//   ints = [gate_bits]
 //   reals = [r_out, kept_scale, written_scale, cell_gate_scale]
 // Returns [grad_product (N, T, 4H), grad_acc (T, N, 4H), dh (N, H), dc (N, H)]: the gradients
 // of lstm_forward's input product and of the recurrent accumulators (in step order).
@@ -387,8 +370,8 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
                                          at::Tensor sigmoid_slope, at::Tensor tanh_slope, at::Tensor w_h,
                                          at::Tensor r_x, at::Tensor r_h, std::vector<int64_t> ints,
                                          std::vector<double> reals) {
-  TORCH_CHECK(records.size() == 6 && ints.size() == 3 && reals.size() == 4,
-              "integer_lstm: backward expects 6 records, 3 integers and 4 reals");
+  TORCH_CHECK(records.size() == 6 && ints.size() == 1 && reals.size() == 4,
+              "integer_lstm: backward expects 6 records, 1 integer and 4 reals");
   const int64_t T = records[0].size(0), N = records[0].size(1), H = records[0].size(2), G = 4 * H;
   const float r_out = static_cast<float>(reals[0]), kept_scale = static_cast<float>(reals[1]),
               written_scale = static_cast<float>(reals[2]), cell_gate_scale = static_cast<float>(reals[3]);
@@ -396,10 +379,8 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
   const auto gy = has_grad_y ? grad_y.to(at::kFloat).contiguous() : grad_y;
   for (auto& record : records) record = record.contiguous();
   const int64_t gate_bits = ints[0];
-  const auto sig = sigmoid.to(at::kLong).contiguous(), tnh = tanh.to(at::kLong).contiguous();
-  const GateLuts luts = GateLuts::from(sig, tnh, gate_bits, ints[1], ints[2] != 0);
-  const std::vector<int16_t> sigmoid_values = every_code(luts.sigmoid, gate_bits);
-  const std::vector<int16_t> tanh_values = every_code(luts.tanh, gate_bits);
+  const std::vector<int16_t> sigmoid_values = every_code(sigmoid, gate_bits);
+  const std::vector<int16_t> tanh_values = every_code(tanh, gate_bits);
   const auto sig_slope = sigmoid_slope.to(at::kFloat).contiguous(), tanh_sl = tanh_slope.to(at::kFloat).contiguous();
   TORCH_CHECK(sig_slope.numel() == (int64_t(1) << gate_bits) && tanh_sl.numel() == sig_slope.numel(),
               "integer_lstm: slope tables must hold every gate code");
