@@ -200,7 +200,7 @@ class NnaLstm(nn.Module):
             product, offset = ops.product_and_offset(x_q, k.w_x, k.x_zero_point, k.bias, x_max_abs)
             y, h, c, ranges, *records = _kernels.lstm_forward(
                 product, offset, torch.broadcast_to(k.m_x, (gates,)), torch.broadcast_to(k.shift_x, (gates,)), k.w_h,
-                h, c, k.m_h, k.shift_h, ops.expanded_table(self.luts.sigmoid), ops.expanded_table(self.luts.tanh), ints,
+                h, c, k.m_h, k.shift_h, ops.expanded_codes(self.luts.sigmoid), ops.expanded_codes(self.luts.tanh), ints,
                 reals, keep,
             )  # fmt: skip
             if self.training and x_q.size(1):
@@ -299,7 +299,7 @@ class _Recurrence(torch.autograd.Function):
             torch.empty(0) if grad_y is None else grad_y,
             torch.zeros(state_shape) if grad_h is None else grad_h,
             torch.zeros(state_shape) if grad_c is None else grad_c,
-            list(r), ops.expanded_table(sigmoid_lut), ops.expanded_table(tanh_lut),
+            list(r), ops.expanded_codes(sigmoid_lut), ops.expanded_codes(tanh_lut),
             ops.expanded_derivative(sigmoid_lut), ops.expanded_derivative(tanh_lut), w_h.detach(),
             torch.broadcast_to(ops.real_multiplier(k.m_x, k.shift_x), (gates,)),
             ops.real_multiplier(k.m_h, k.shift_h).float(),

@@ -486,6 +486,7 @@ _TRUE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
 _entries: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
 _expanded: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
 _expanded_derivatives: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
+_expanded_codes: "weakref.WeakKeyDictionary[Lut, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
 def _built_once(cache: "weakref.WeakKeyDictionary[Lut, torch.Tensor]", lut: Lut, build) -> torch.Tensor:
@@ -520,6 +521,20 @@ def expanded_table(lut: Lut) -> torch.Tensor:
     """The lookup of every input code, float32 ``(2**input_bits,)``: one gather per lookup instead
     of three and the interpolation arithmetic (built once per table)."""
     return _built_once(_expanded, lut, lambda: _table_values(torch.arange(2**lut.input.bits), lut).float())
+
+
+def expanded_codes(lut: Lut) -> torch.Tensor:
+    """:func:`expanded_table` as int16 ``(2**input_bits,)``, for the compiled integer LSTM (built
+    once per table; its outputs have at most 16 bits, as the spec's nonlinearity format)."""
+
+    def build() -> torch.Tensor:
+        values = expanded_table(lut)
+        codes = values.to(torch.int16)
+        if not torch.equal(codes.float(), values):
+            raise ValueError(f"{lut.function} table outputs do not fit int16 (output {lut.output})")
+        return codes
+
+    return _built_once(_expanded_codes, lut, build)
 
 
 def lut_lookup(x: torch.Tensor, lut: Lut) -> torch.Tensor:
@@ -575,6 +590,7 @@ __all__ = [
     "dequantize",
     "embedding_lookup",
     "exact_linear",
+    "expanded_codes",
     "expanded_derivative",
     "expanded_table",
     "lut_entries",

@@ -29,21 +29,13 @@ constexpr double kFloat32Exact = 16777216.0;  // 2**24
 enum GateFlag : uint8_t { kAccInside = 1, kGateInside = 2, kInputAccInside = 4, kInputInside = 8 };
 enum UnitFlag : uint8_t { kKeptInside = 1, kWrittenInside = 2, kCellInside = 4, kCellGateInside = 8, kHiddenInside = 16 };
 
-// A gate table as the recurrence reads it: the output at every gate code, from the lowest
-// (ops.expanded_table's float32 values, exact integers) narrowed to int16 (the spec's
-// nonlinearity format has at most 16 bits), so that two tables of 2**16 codes take 256 KB.
-// One load per lookup instead of an interpolation's chain of dependent operations.
-std::vector<int16_t> every_code(const at::Tensor& expanded, int64_t gate_bits) {
-  const auto table = expanded.to(at::kFloat).contiguous();
-  TORCH_CHECK(table.numel() == (int64_t(1) << gate_bits), "integer_lstm: a table must hold every gate code");
-  const float* values = table.data_ptr<float>();
-  std::vector<int16_t> narrow(table.numel());
-  for (int64_t i = 0; i < table.numel(); ++i) {
-    TORCH_CHECK(values[i] >= std::numeric_limits<int16_t>::min() && values[i] <= std::numeric_limits<int16_t>::max(),
-                "integer_lstm: table output ", values[i], " does not fit 16 bits");
-    narrow[i] = static_cast<int16_t>(values[i]);
-  }
-  return narrow;
+// A gate table as the recurrence reads it: the int16 output at every gate code from the lowest
+// (ops.expanded_codes, built once per table), returned indexed by the gate code itself. One
+// load per lookup instead of an interpolation's chain of dependent operations.
+const int16_t* gate_table(const at::Tensor& codes, int64_t gate_bits) {
+  TORCH_CHECK(codes.scalar_type() == at::kShort && codes.is_contiguous() && codes.numel() == (int64_t(1) << gate_bits),
+              "integer_lstm: a gate table must be contiguous int16 with every gate code (ops.expanded_codes)");
+  return codes.data_ptr<int16_t>() - static_cast<int64_t>(low_of(gate_bits));
 }
 
 // The layer's integer constants (see NnaLstm in nnaqat/nna/lstm.py).
@@ -77,7 +69,7 @@ inline const at::Tensor& centered(const float* h, int64_t zero_point, const at::
 // byte stores may alias anything reached through a reference, and would reload it per element.
 struct ForwardRows {
   Constants k;
-  const int16_t *sigmoid_at, *tanh_at;  // every_code's tables, indexed by the gate code
+  const int16_t *sigmoid_at, *tanh_at;  // gate_table's tables, indexed by the gate code
   int64_t T, H;
   double acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high, hidden_low, hidden_high;
   const float* x32;  // the input product, float32 or float64 (the other is null)
@@ -254,7 +246,7 @@ void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begi
 //                          per step instead of in a pass of their own
 //   w_h (4H, H)            float32 recurrent weight codes;  h0, c0 (N, H) state codes
 //   m_h, shift_h (4H,)     int64 fixed-point multipliers of the recurrent accumulator
-//   sigmoid, tanh          the gate tables at every gate code, (2**gate_bits,) float32 (ops.expanded_table)
+//   sigmoid, tanh          the gate tables at every gate code, (2**gate_bits,) int16 (ops.expanded_codes)
 //   ints  = [h_zero_point, acc_bits, gate_bits, cell_bits, hidden_bits, m_out, shift_out,
 //            rounding (0 single, 1 double, 2 tosa, 3 fp32_rne), acc_saturate, zero_point_before_rounding]
 //   reals = [kept_scale, written_scale, cell_gate_scale]
@@ -263,7 +255,7 @@ void forward_rows(const ForwardRows& shared, const at::Tensor& w_t, int64_t begi
 // backward pass reads: h_prev, c_prev, gates (the saturated gate codes), gate_flags (uint8,
 // kAccInside | kGateInside | kInputAccInside | kInputInside), cell_gate (the new cell in the
 // gate format), unit_flags (uint8, kKeptInside | ... | kHiddenInside). The tables' outputs are
-// not kept: the backward pass looks them up again (every_code), which halves the records' memory.
+// not kept: the backward pass looks them up again (gate_table), which halves the records' memory.
 std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::Tensor m_x, at::Tensor shift_x,
                                         at::Tensor w_h, at::Tensor h0, at::Tensor c0, at::Tensor m_h, at::Tensor shift_h,
                                         at::Tensor sigmoid, at::Tensor tanh, std::vector<int64_t> ints,
@@ -281,8 +273,7 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
   const auto off = offset.to(at::kDouble).contiguous();
   TORCH_CHECK(mx.numel() == G && sx.numel() == G && off.numel() == G, "integer_lstm: one input multiplier per gate");
   TORCH_CHECK(mh.numel() == G && sh.numel() == G, "integer_lstm: one multiplier per gate unit");
-  const std::vector<int16_t> sigmoid_values = every_code(sigmoid, k.gate_bits);
-  const std::vector<int16_t> tanh_values = every_code(tanh, k.gate_bits);
+  const int16_t *const sigmoid_at = gate_table(sigmoid, k.gate_bits), *const tanh_at = gate_table(tanh, k.gate_bits);
 
   const double acc_low = low_of(k.acc_bits), acc_high = high_of(k.acc_bits);
   const double wrap_span = std::ldexp(1.0, static_cast<int>(k.acc_bits));
@@ -319,9 +310,8 @@ std::vector<at::Tensor> lstm_forward(at::Tensor product, at::Tensor offset, at::
     ranges_of[4 * n + 1] = ranges_of[4 * n + 3] = -std::numeric_limits<double>::infinity();
   }
 
-  const auto lowest_gate = static_cast<int64_t>(gate_low);  // the tables' first code
-  const ForwardRows rows{k, sigmoid_values.data() - lowest_gate, tanh_values.data() - lowest_gate, T, H, acc_low,
-                         acc_high, wrap_span, gate_low, gate_high, cell_low, cell_high,
+  const ForwardRows rows{k, sigmoid_at, tanh_at, T, H, acc_low, acc_high, wrap_span, gate_low, gate_high, cell_low,
+                         cell_high,
                          hidden_low, hidden_high, x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr,
                          x.scalar_type() == at::kFloat ? nullptr : x.data_ptr<double>(), off.data_ptr<double>(),
                          mx.data_ptr<int64_t>(), sx.data_ptr<int64_t>(), mh.data_ptr<int64_t>(), sh.data_ptr<int64_t>(),
@@ -379,8 +369,7 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
   const auto gy = has_grad_y ? grad_y.to(at::kFloat).contiguous() : grad_y;
   for (auto& record : records) record = record.contiguous();
   const int64_t gate_bits = ints[0];
-  const std::vector<int16_t> sigmoid_values = every_code(sigmoid, gate_bits);
-  const std::vector<int16_t> tanh_values = every_code(tanh, gate_bits);
+  const int16_t *const sigmoid_table = gate_table(sigmoid, gate_bits), *const tanh_table = gate_table(tanh, gate_bits);
   const auto sig_slope = sigmoid_slope.to(at::kFloat).contiguous(), tanh_sl = tanh_slope.to(at::kFloat).contiguous();
   TORCH_CHECK(sig_slope.numel() == (int64_t(1) << gate_bits) && tanh_sl.numel() == sig_slope.numel(),
               "integer_lstm: slope tables must hold every gate code");
@@ -412,8 +401,7 @@ std::vector<at::Tensor> lstm_backward(at::Tensor grad_y, at::Tensor grad_h, at::
     const double* const r_x_data = rxp;
     const float r_hidden = r_out, kept = kept_scale, written = written_scale, squash_scale = cell_gate_scale;
     const int64_t n_rows = N, steps = T, units = H, gate_count = G;
-    const int16_t* const sigmoid_value = sigmoid_values.data() - gate_low;
-    const int16_t* const tanh_value = tanh_values.data() - gate_low;
+    const int16_t *const sigmoid_value = sigmoid_table, *const tanh_value = tanh_table;
     std::vector<float> gg(gate_count);  // one sequence's gate gradients
     const std::vector<float> no_grad_y(units);
     auto dh_rows = dh.narrow(0, begin, end - begin);  // contiguous: the matmul writes into dh
