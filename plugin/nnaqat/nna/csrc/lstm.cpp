@@ -97,14 +97,15 @@ struct GateBounds {
   bool acc_saturate;
 };
 
-// A channel's fixed-point multiplier; for single rounding also its right shift 31 - s and
-// rounding constant 2**(30 - s), computed once: the vectorizer gives up on a loop that
-// derives them per element (it narrows the shift counts).
+// The channels' fixed-point multipliers; for single rounding also each one's right shift
+// 31 - s and rounding constant 2**(30 - s), computed once: the vectorizer gives up on a loop
+// that derives them per element (it narrows the shift counts).
 struct Multipliers {
-  std::vector<int64_t> m, s, right_shift, half;
+  const int64_t *m, *s;
+  std::vector<int64_t> right_shift, half;
 
   Multipliers(const int64_t* multiplier, const int64_t* shift, int64_t count)
-      : m(multiplier, multiplier + count), s(shift, shift + count), right_shift(count), half(count) {
+      : m(multiplier), s(shift), right_shift(count), half(count) {
     for (int64_t j = 0; j < count; ++j) right_shift[j] = 31 - s[j], half[j] = int64_t(1) << (30 - s[j]);
   }
 };
@@ -132,9 +133,9 @@ void gate_codes(const GateBounds& bounds, int64_t G, const int64_t* __restrict x
   const int64_t acc_low = bounds.acc_low, acc_high = bounds.acc_high, span = bounds.acc_span;
   const int64_t gate_low = bounds.gate_low, gate_high = bounds.gate_high;
   const int64_t saturate_mask = bounds.acc_saturate ? -1 : 0;
-  const int64_t *const m_in = input.m.data(), *const s_in = input.s.data();
+  const int64_t *const m_in = input.m, *const s_in = input.s;
   const int64_t *const shift_in = input.right_shift.data(), *const half_in = input.half.data();
-  const int64_t *const m_h = recurrent.m.data(), *const s_h = recurrent.s.data();
+  const int64_t *const m_h = recurrent.m, *const s_h = recurrent.s;
   const int64_t *const shift_h = recurrent.right_shift.data(), *const half_h = recurrent.half.data();
   for (int64_t j = 0; j < G; ++j) {
     bool input_acc_in, input_in, acc_in, gate_in;
