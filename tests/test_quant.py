@@ -26,7 +26,7 @@ from nnaqat.quant import (
     resolve_bits,
 )
 from nnaqat.quant.fake_quant import channel_view, fake_quantize, uniform_int8_levels
-from nnaqat.quant.quantizers import CodebookSnap
+from nnaqat.quant.quantizers import CodebookSnap, level_step
 from nnaqat.quant.mracos import mracos_and_grad
 from nnaqat.sizes import WeightSize
 from repo_paths import FSDD_CONF
@@ -277,15 +277,18 @@ def batch():
     return x, torch.tensor([60, 45]), torch.randint(3, 32, (2, 4)), torch.tensor([4, 2])
 
 
-@pytest.mark.parametrize("name", ["ptq", "uniform", "lsq", "s8bqat", "s8bqat-tensor", "s8bqat-ste", "s8bqat-learned"])
+@pytest.mark.parametrize(
+    "name", ["ptq", "uniform", "lsq", "s8bqat", "s8bqat-tensor", "s8bqat-ste", "s8bqat-learned", "s8bqat-levels"]
+)
 @pytest.mark.parametrize("bits", [1, 2, 3, 8])
 def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     torch.manual_seed(0)
     model = build_transducer(SMALL_MODEL).eval()
     name, _, variant = name.partition("-")
     codebook = "tensor" if variant == "tensor" else "channel"
-    config = QuantConfig(quantizer=name, weight_bits=bits, codebook=codebook, ste_forward=variant in ("ste", "learned"),
-                         learn_scale=variant == "learned")
+    config = QuantConfig(quantizer=name, weight_bits=bits, codebook=codebook,
+                         ste_forward=variant in ("ste", "learned", "levels"), learn_scale=variant == "learned",
+                         learn_levels=variant == "levels")  # fmt: skip
     quantizer = quantize_(model, config)
     if variant == "learned":  # as after training: every codebook scale moved off its start
         with torch.no_grad():
@@ -293,6 +296,18 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
             assert len(gains) == len(quantizer.bits)
             for gain in gains:
                 gain.fill_(0.05)
+    if variant == "levels":  # as after training: levels moved by up to 3 int8 steps, some may cross or merge
+        start = {n: quantizer.codebook(n)[0].detach().clone() for n in quantizer.bits}
+        with torch.no_grad():
+            steps = [p for n, p in quantizer.named_parameters() if n.startswith("level_steps__")]
+            assert len(steps) == len(quantizer.bits)
+            for p in steps:
+                p.add_((torch.rand_like(p) * 6 - 3) / level_step(bits))
+        quantizer.after_step(model, 1)
+        moved = {n: quantizer.codebook(n)[0].detach() for n in quantizer.bits}
+        assert any(not torch.equal(start[n], moved[n]) for n in moved)
+        for n, levels in moved.items():  # the buffers hold the current int8 codebook
+            assert torch.equal(getattr(quantizer, f"levels__{n.replace('.', '__')}").float(), levels)
     losses = model(*batch())
     (losses.simple + losses.pruned).sum().backward()  # gradients reach the latent weights through the STE
     assert all(p.grad is not None for n, p in model.named_parameters() if "original" in n or name == "s8bqat")
@@ -304,7 +319,7 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
     quantizer.check_on_codebook(model)
     with torch.no_grad():
         deployed_loss = model(*batch())[1]
-    if name != "s8bqat" or variant in ("ste", "learned"):  # the weights training sees are exactly the deployed ones
+    if name != "s8bqat" or variant in ("ste", "learned", "levels"):  # training sees exactly the deployed weights
         assert all(torch.equal(w, quantizer.weight(model, n)) for n, w in trained_view.items())
         # (nn.LSTM takes another kernel for parametrized weights: outputs agree to rounding)
         assert torch.allclose(trained_loss, deployed_loss, rtol=1e-5)
@@ -342,6 +357,57 @@ def test_learned_codebook_scale_gets_the_lsq_gradient():
         assert torch.equal(snapped, level * scale[:, None])
         assert torch.allclose(scale.grad, ((level - weights / scale[:, None]) * upstream).sum(1), rtol=1e-5)
         assert torch.equal(weights.grad, upstream)
+
+
+def test_learned_levels_get_the_summed_gradient_of_the_weights_on_them():
+    """With ``learn_levels`` a level's gradient is the sum over the weights snapped onto it of
+    ``dL/dw_q * scale``, in the parameter's units (a uniform K-bit step) and scaled by
+    ``1 / sqrt(numel)``; the float weight's is ``dL/dw_q``."""
+    torch.manual_seed(0)
+    model = build_transducer(SMALL_MODEL)
+    config = QuantConfig(quantizer="s8bqat", weight_bits=2, ste_forward=True, learn_levels=True)
+    quantizer = quantize_(model, config)
+    name = "joiner.output_linear.weight"
+    weight = quantizer.weight(model, name)
+    upstream = torch.randn_like(weight)
+    (weight * upstream).sum().backward()
+    with torch.no_grad():
+        levels, scale = quantizer.codebook(name)
+        index = nearest_index(*quantizer.normalized(model, name))
+        assert torch.equal(weight, levels[index] * channel_view(scale, weight))
+        per_level = torch.zeros(levels.numel()).index_add_(0, index.flatten(), (upstream * channel_view(scale, weight)).flatten())
+        steps = quantizer.get_parameter("level_steps__" + name.replace(".", "__"))
+        assert torch.allclose(steps.grad, per_level * level_step(2) / weight.numel() ** 0.5, rtol=1e-4)
+        assert torch.equal(quantizer.latent(model, name).grad, upstream)
+
+
+def test_learned_levels_follow_the_loss_and_stay_int8():
+    """A few Adam steps pulling every snapped weight 30 % outwards spread the 2-bit levels; they
+    stay integers in the int8 range and the finalized weights lie on them."""
+    torch.manual_seed(0)
+    model = build_transducer(SMALL_MODEL)
+    quantizer = quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=2, ste_forward=True, learn_levels=True))
+    name = "encoder.layers.0.weight_ih_l0"
+    start = quantizer.codebook(name)[0].detach().clone()
+    target = quantizer.weight(model, name).detach() * 1.3
+    optimizer = torch.optim.Adam([p for n, p in quantizer.named_parameters() if n.startswith("level_steps__")], lr=0.01)
+    for step in range(1, 21):
+        optimizer.zero_grad()
+        ((quantizer.weight(model, name) - target) ** 2).sum().backward()
+        optimizer.step()
+        quantizer.after_step(model, step)
+    levels = quantizer.codebook(name)[0].detach()
+    assert levels[0] < start[0] and levels[-1] > start[-1]  # the outer levels moved outwards
+    assert torch.equal(levels, levels.round()) and levels.abs().max() <= 127
+    quantizer.finalize(model)
+    quantizer.check_on_codebook(model)  # every weight is one of these levels times its channel's scale
+    assert torch.equal(quantizer.quantized(model)[name].levels.float(), levels)
+
+
+def test_learned_codebooks_need_the_snapped_forward_pass():
+    for flag in ("learn_scale", "learn_levels"):
+        with pytest.raises(ValueError, match="ste_forward"):
+            quantize_(build_transducer(SMALL_MODEL), QuantConfig(quantizer="s8bqat", weight_bits=2, **{flag: True}))
 
 
 def test_mracos_gradient_is_finite_with_an_all_zero_channel():

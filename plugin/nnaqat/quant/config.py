@@ -25,6 +25,7 @@ class QuantConfig:
     ste_forward: bool = False  # s8bqat: forward through the snapped weights, straight-through gradients
     compress_every: int = 100  # s8bqat: snap weights onto their centroids every N batches (0: only at the end)
     learn_scale: bool = False  # s8bqat with ste_forward: learn each codebook's int8 scale (LSQ's gradient)
+    learn_levels: bool = False  # s8bqat with ste_forward: learn each codebook's int8 levels (GQ-style centroids)
 
 
 # Only the deployed network is quantized: the simple (linear) heads exist for the pruned loss, the

@@ -17,13 +17,16 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from nnaqat import _kernels
-from nnaqat.quant.codebook import int8_levels, int8_scale, nearest_index
+from nnaqat.quant.codebook import INT8_MAX, int8_levels, int8_scale, nearest_index
 from nnaqat.quant.config import QuantConfig
 from nnaqat.quant.fake_quant import (
     LsqFakeQuant,
     UniformFakeQuant,
     channel_view,
     fake_quantize,
+    grad_scale,
+    max_level,
+    round_ste,
     straight_through,
     uniform_int8_levels,
 )
@@ -185,15 +188,21 @@ class S8bqatQuantizer(WeightQuantizer):
     of int8 values, each channel with its own scale) are pulled towards and snapped onto the
     ``2**K`` int8 levels. With ``ste_forward`` the forward pass sees the snapped weights and the
     float weights get straight-through gradients (our addition; the paper regularizes only);
-    with ``learn_scale`` too, each codebook's scale is learned (in the log domain, as LSQ's step)
-    while its levels stay fixed int8 integers.
+    with ``learn_scale`` too, each codebook's scale is learned (in the log domain, as LSQ's step);
+    with ``learn_levels``, its levels are (GQ-style learnable centroids, starting from Lloyd-Max):
+    each level gets the summed gradient of the weights snapped onto it and is rounded to an int8
+    integer in every forward pass, so training always sees a deployable codebook. The
+    ``levels__`` buffers always hold the current int8 codebooks.
     """
 
     def __init__(
         self, model: nn.Module, bits: Dict[str, int], config: QuantConfig, state_dict: Optional[dict] = None
     ) -> None:
         super().__init__(model, bits, config, state_dict)
+        if (config.learn_scale or config.learn_levels) and not config.ste_forward:
+            raise ValueError("learn_scale and learn_levels need ste_forward: only the snapped forward pass trains them")
         given = torch.load(config.centroids, weights_only=True) if state_dict is None and config.centroids else None
+        self.sizes = {name: self.weight(model, name).numel() for name in self.bits}
         for name, b in self.bits.items():
             if state_dict is not None:  # shapes come from the checkpoint being loaded
                 levels, scale = torch.zeros(0, dtype=torch.int8), torch.ones(())
@@ -209,6 +218,9 @@ class S8bqatQuantizer(WeightQuantizer):
             self.register_buffer(f"scale__{_key(name)}", scale.float())
             if config.learn_scale:
                 self.register_parameter(f"log_gain__{_key(name)}", nn.Parameter(torch.zeros_like(scale.float())))
+            if config.learn_levels:
+                start = levels.float() / level_step(b)
+                self.register_parameter(f"level_steps__{_key(name)}", nn.Parameter(start))
         # A finalized checkpoint holds plain snapped weights: nothing to attach.
         if config.ste_forward and (state_dict is None or any(".parametrizations." in k for k in state_dict)):
             for name in self.bits:
@@ -220,19 +232,34 @@ class S8bqatQuantizer(WeightQuantizer):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key, value in state_dict.items():  # codebook sizes differ per tensor: adopt the stored ones
             name = key[len(prefix):]
-            if name.startswith("log_gain__"):
+            if name.startswith(("log_gain__", "level_steps__")):
                 setattr(self, name, nn.Parameter(torch.empty_like(value)))
             elif name.startswith(("levels__", "scale__")):
                 setattr(self, name, torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def codebook(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(levels int8 (L,), scale () or (C,))`` of a tensor; a learned scale carries its gradient."""
+        """``(levels (L,), scale () or (C,))`` of a tensor: int8 levels, or with ``learn_levels``
+        sorted float32 integers in the int8 range; learned levels and scales carry their gradients."""
         key = _key(name)
         levels, scale = getattr(self, f"levels__{key}"), getattr(self, f"scale__{key}")
+        if self.config.learn_levels:
+            levels = self._learned_levels(name)
         if self.config.learn_scale:
             scale = scale * torch.exp(getattr(self, f"log_gain__{key}"))
         return levels, scale
+
+    def _learned_levels(self, name: str) -> torch.Tensor:
+        """The learned levels, rounded to int8 integers with a straight-through gradient, sorted.
+
+        Stored in units of a uniform K-bit step (``level_step``): Adam moves a parameter about
+        ``lr`` per step, which in int8 units would leave a 2-bit level where it started. The
+        gradient is divided by the square root of the levels' weight count (LSQ's scaling;
+        Adam does not see it) so that a level's summed gradient does not dominate clipping."""
+        steps = getattr(self, f"level_steps__{_key(name)}")
+        steps = grad_scale(steps, self.sizes[name] ** -0.5)
+        levels = round_ste((steps * level_step(self.bits[name])).clamp(-INT8_MAX, INT8_MAX))
+        return torch.sort(levels).values
 
     def normalized(self, model: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(float weight / scale, centroids)``, both in int8 units (no gradient to the scale)."""
@@ -259,7 +286,7 @@ class S8bqatQuantizer(WeightQuantizer):
             # all-zero channel (the blank's embedding row) has the floor scale: no pull, or its
             # gradient in float units would overflow and the clipped step would zero every other.
             grad, value = _kernels.mracos_pull(
-                latent.detach(), scale.detach(), levels.float(), weight / count, torch.finfo(torch.float32).tiny
+                latent.detach(), scale.detach(), levels.detach().float(), weight / count, torch.finfo(torch.float32).tiny
             )
             total += float(value)
             if latent.grad is None:
@@ -269,7 +296,12 @@ class S8bqatQuantizer(WeightQuantizer):
         return weight * total / count
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        """The hard compressor: every ``compress_every`` steps the float weights are snapped."""
+        """The hard compressor: every ``compress_every`` steps the float weights are snapped.
+        Learned levels are copied into the ``levels__`` buffers."""
+        if self.config.learn_levels:
+            with torch.no_grad():
+                for name in self.bits:
+                    getattr(self, f"levels__{_key(name)}").copy_(self._learned_levels(name))
         if self.config.compress_every and step % self.config.compress_every == 0:
             with torch.no_grad():
                 for name, q in self.quantized(model).items():
@@ -280,14 +312,15 @@ class S8bqatQuantizer(WeightQuantizer):
         for name, b in self.bits.items():
             levels, scale = self.codebook(name)
             indices = nearest_index(*self.normalized(model, name))
-            out[name] = QuantizedTensor(indices, levels.clone(), scale.detach().clone(), b)
+            out[name] = QuantizedTensor(indices, levels.detach().to(torch.int8), scale.detach().clone(), b)
         return out
 
 
 class CodebookSnap(nn.Module):
     """Parametrization: each weight replaced by its nearest codebook value in the forward pass,
     straight-through gradient to the float weight; a learned scale gets LSQ's gradient
-    ``level - w / scale``."""
+    ``level - w / scale``, a learned level the gradients of the weights snapped onto it times
+    their scale."""
 
     def __init__(self, codebook) -> None:
         super().__init__()
@@ -295,11 +328,16 @@ class CodebookSnap(nn.Module):
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
         levels, scale = self.codebook()
-        if not scale.requires_grad:  # one compiled pass (the codebook's nearest levels, scaled)
+        if not (scale.requires_grad or levels.requires_grad):  # one compiled pass (nearest levels, scaled)
             return straight_through(_kernels.codebook_snap(weights.detach(), scale, levels.float()), weights)
         s = channel_view(scale, weights)
         level = torch.take(levels.float(), nearest_index(weights / s.detach(), levels.float()))
         return straight_through(level * s.detach(), weights + (level - weights.detach() / s.detach()) * s)
+
+
+def level_step(bits: int) -> float:
+    """One step of the uniform ``bits``-bit grid in int8 units: the unit learned levels are stored in."""
+    return INT8_MAX / max_level(bits)
 
 
 def derive_codebook(weight: torch.Tensor, bits: int, codebook: str = "tensor") -> Tuple[torch.Tensor, torch.Tensor]:
