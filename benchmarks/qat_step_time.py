@@ -9,7 +9,7 @@ the medians, and the median of the per-step ratios (each pairs runs of the same 
 apart, so it cancels the machine's drift and the batches' sizes). Variants:
 a quantizer name (``none`` is fp32), ``aat`` (``--nna-spec``, no quantizer) or ``aat+QUANTIZER``,
 each optionally ``+distill`` (``--distill-scale 1``: the teacher's forward pass too, as the
-recipe's AAT runs).
+recipe's AAT runs) and ``+levels`` (s8bqat with ``--learn-levels``).
 Run from egs/fsdd after stage 6:
 
   python ../../benchmarks/qat_step_time.py --checkpoint exp/fp32/pretrained.pt --steps 30
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--dev-cuts", default="data/fbank/fsdd_cuts_dev.jsonl.gz")
     parser.add_argument("--bpe-model", default="data/lang_bpe_32/bpe.model")
     parser.add_argument("--variants", nargs="+", default=["none", "uniform", "lsq", "s8bqat"],
-                        help="quantizer names, aat, aat+QUANTIZER, each with an optional +distill; "
+                        help="quantizer names, aat, aat+QUANTIZER, each with optional +distill and +levels; "
                              "the first is the reference")
     parser.add_argument("--nna-spec", default="conf/nna/int8.yaml", help="the NNA the aat variants emulate")
     parser.add_argument("--weight-bits", type=int, default=2)
@@ -51,15 +51,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
             parts = name.split("+")
-            distill = "distill" in parts
-            parts = [part for part in parts if part != "distill"]
+            distill, levels = "distill" in parts, "levels" in parts
+            parts = [part for part in parts if part not in ("distill", "levels")]
             aat = parts[0] == "aat"
             quantizer = parts[1] if aat and len(parts) > 1 else ("none" if aat else parts[0])
             config = TrainConfig(
                 train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
                 lr=1e-3, warm_step=0, progress=False,
-                quant=QuantConfig(quantizer=quantizer, weight_bits=args.weight_bits, ste_forward=args.ste_forward),
+                quant=QuantConfig(quantizer=quantizer, weight_bits=args.weight_bits, ste_forward=args.ste_forward,
+                                  learn_levels=levels),
                 nna_spec=args.nna_spec if aat else "", distill_scale=1.0 if distill else 0.0,
             )
             trainers[name] = Trainer(config)
