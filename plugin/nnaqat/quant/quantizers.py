@@ -202,7 +202,7 @@ class S8bqatQuantizer(WeightQuantizer):
         if (config.learn_scale or config.learn_levels) and not config.ste_forward:
             raise ValueError("learn_scale and learn_levels need ste_forward: only the snapped forward pass trains them")
         given = torch.load(config.centroids, weights_only=True) if state_dict is None and config.centroids else None
-        self.sizes = {name: self.weight(model, name).numel() for name in self.bits}
+        self.sizes = {name: self.weight(model, name).numel() for name in self.bits}  # weights per tensor
         for name, b in self.bits.items():
             if state_dict is not None:  # shapes come from the checkpoint being loaded
                 levels, scale = torch.zeros(0, dtype=torch.int8), torch.ones(())
@@ -277,7 +277,7 @@ class S8bqatQuantizer(WeightQuantizer):
         weight = self.mracos_weight(step)
         if weight == 0:
             return None
-        count = sum(self.latent(model, n).numel() for n in self.bits)
+        count = sum(self.sizes.values())
         total = 0.0
         for name in self.bits:
             latent = self.latent(model, name)
