@@ -99,15 +99,22 @@ def read_recogs(path: Path | str) -> List[Result]:
     return results
 
 
+def paired(results: Sequence[Result], others: Sequence[Result]) -> List[Tuple[Result, Result]]:
+    """Two decodings of the same utterances, matched by cut id and sorted by it; raises if the
+    cut ids differ or repeat."""
+    by_id = {result[0]: result for result in others}
+    ids = {result[0] for result in results}
+    if len(by_id) != len(others) or len(ids) != len(results):
+        raise ValueError("an utterance id occurs twice in one decoding")
+    if ids != by_id.keys():
+        raise ValueError(f"the two decodings cover different utterances, e.g. {sorted(ids ^ by_id.keys())[:5]}")
+    return [(result, by_id[result[0]]) for result in sorted(results)]
+
+
 def differing_hypotheses(results: Sequence[Result], others: Sequence[Result]) -> List[str]:
     """Ids of the utterances whose hypotheses differ between two decodings of the same cuts
     (e.g. the emulated NNA model and the integer engine); raises if the cut ids differ."""
-    hyps = {cut_id: list(hyp) for cut_id, _, hyp in results}
-    other_hyps = {cut_id: list(hyp) for cut_id, _, hyp in others}
-    if hyps.keys() != other_hyps.keys():
-        missing = sorted(hyps.keys() ^ other_hyps.keys())
-        raise ValueError(f"the two decodings cover different utterances, e.g. {missing[:5]}")
-    return sorted(cut_id for cut_id in hyps if hyps[cut_id] != other_hyps[cut_id])
+    return [ours[0] for ours, theirs in paired(results, others) if list(ours[2]) != list(theirs[2])]
 
 
 def runs(words: Sequence[str]) -> List[Tuple[str, int]]:

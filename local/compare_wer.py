@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Is B better than A? Paired bootstrap of the WER difference on the same utterances.
+
+  local/compare_wer.py --a exp/fp32/greedy_search/recogs-test-*.txt \\
+      --b exp/fp32-s8bqat-2bit/greedy_search/recogs-test-*.txt
+
+Several ``--a``/``--b`` files pair up in order (e.g. the five held-out speakers of
+leave-one-speaker-out); each pair is one test set, resampled within itself, and the figure
+compared is the mean of the sets' WERs, as in the results tables. Prints each set and the mean:
+both WERs, the difference B - A with its confidence interval, and how often B (A) came out
+strictly better over the resamples.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from nnaqat.decode.significance import paired_bootstrap
+from nnaqat.decode.wer import read_recogs
+
+
+def set_name(recogs: Path) -> str:
+    """``exp/X/greedy_search/recogs-test-....txt`` -> ``X test``."""
+    match = re.match(r"recogs-([^-]+)-", recogs.name)
+    return f"{recogs.parent.parent.name} {match.group(1) if match else recogs.name}"
+
+
+def get_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", nargs="+", type=Path, required=True, help="recogs-*.txt of system A, one per set")
+    parser.add_argument("--b", nargs="+", type=Path, required=True, help="recogs-*.txt of system B, in the same order")
+    parser.add_argument("--names", nargs="*", default=[],
+                        help="names of the sets (default: B's experiment folder and test set)")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = get_args()
+    if len(args.a) != len(args.b):
+        sys.exit(f"error: {len(args.a)} files for A but {len(args.b)} for B: they pair up in order")
+    names = args.names or [set_name(path) for path in args.b]
+    if len(names) != len(args.b):
+        sys.exit(f"error: {len(names)} names for {len(args.b)} sets")
+    sets = [(read_recogs(a), read_recogs(b)) for a, b in zip(args.a, args.b)]
+    options = dict(resamples=args.resamples, confidence=args.confidence, seed=args.seed)
+    rows = [(name, paired_bootstrap([pair], names=[name], **options)) for name, pair in zip(names, sets)]
+    if len(sets) > 1:
+        rows.append(("mean", paired_bootstrap(sets, names=names, **options)))
+    interval = f"{100 * args.confidence:g} % interval"
+    print(f"| set | utterances | WER A | WER B | B - A | {interval} | P(B better) | P(A better) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(
+            f"| {name} | {r.utterances} | {r.wer_a:.2f} | {r.wer_b:.2f} | {r.delta:+.2f} | "
+            f"[{r.low:+.2f}, {r.high:+.2f}] | {r.prob_b_better:.3f} | {r.prob_a_better:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Paired bootstrap of WER differences (nnaqat.decode.significance, local/compare_wer.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from nnaqat.decode.significance import paired_bootstrap, utterance_errors
+from nnaqat.decode.wer import write_recogs
+from repo_paths import REPO
+
+
+def decoding(*utterances):
+    """``(id, ref, hyp)`` results from ``(id, "ref words", "hyp words")``."""
+    return [(cut_id, ref.split(), hyp.split()) for cut_id, ref, hyp in utterances]
+
+
+A = decoding(("u1", "one two", "one three"), ("u2", "five", "five"))
+B = decoding(("u1", "one two", "one two"), ("u2", "five", "nine"))
+
+
+def test_utterance_errors_counts_edits_per_utterance():
+    assert utterance_errors(A, B).tolist() == [[1, 0, 2], [0, 1, 1]]
+    assert utterance_errors(decoding(("u", "a b c", "a c c d")), decoding(("u", "a b c", ""))).tolist() == [[2, 3, 3]]
+
+
+def test_matches_the_exact_bootstrap_distribution():
+    # Two utterances drawn twice: (u1, u1) with probability 1/4 has B better (0 % against 50 %),
+    # (u2, u2) with 1/4 has A better (0 % against 100 %), one of each (1/2) ties at 1/3 each.
+    result = paired_bootstrap([(A, B)], resamples=100_000, seed=1)
+    assert result.wer_a == pytest.approx(100 / 3) and result.wer_b == pytest.approx(100 / 3)
+    assert result.delta == pytest.approx(0.0)
+    assert result.prob_b_better == pytest.approx(0.25, abs=0.01)
+    assert result.prob_a_better == pytest.approx(0.25, abs=0.01)
+    assert (result.low, result.high) == (pytest.approx(-50.0), pytest.approx(100.0))
+    assert result.utterances == 2 and result.resamples == 100_000
+
+
+def test_identical_decodings_never_differ():
+    result = paired_bootstrap([(A, list(reversed(A)))], resamples=500)
+    assert (result.delta, result.low, result.high, result.prob_b_better, result.prob_a_better) == (0, 0, 0, 0, 0)
+
+
+def test_a_consistent_gain_is_certain_and_its_interval_excludes_zero():
+    ids = [f"u{i:03d}" for i in range(200)]
+    a = decoding(*[(i, "one two three", "one two eight" if n % 4 == 0 else "one two three") for n, i in enumerate(ids)])
+    b = decoding(*[(i, "one two three", "one two three") for i in ids])
+    result = paired_bootstrap([(a, b)], resamples=2_000)
+    assert result.wer_a == pytest.approx(100 * 50 / 600) and result.wer_b == 0
+    assert result.prob_b_better == 1.0 and result.low <= result.delta < result.high < 0
+
+
+def test_several_sets_compare_the_mean_of_their_wers():
+    other_a = decoding(("v1", "seven", "seven"), ("v2", "eight eight", "eight"))
+    other_b = decoding(("v1", "seven", "seven"), ("v2", "eight eight", "eight eight"))
+    result = paired_bootstrap([(A, B), (other_a, other_b)], resamples=2_000, seed=3)
+    wer_a, wer_b = (100 / 3 + 100 / 3) / 2, (100 / 3 + 0) / 2
+    assert (result.wer_a, result.wer_b) == (pytest.approx(wer_a), pytest.approx(wer_b))
+    assert result.low <= result.delta <= result.high and result.utterances == 4
+    # The same seed gives the same resamples.
+    assert paired_bootstrap([(A, B), (other_a, other_b)], resamples=2_000, seed=3) == result
+
+
+def test_mismatched_decodings_are_named():
+    with pytest.raises(ValueError, match="speaker-x: the two decodings cover different utterances"):
+        paired_bootstrap([(A, B[:1])], names=["speaker-x"])
+    with pytest.raises(ValueError, match="set 1: u2: the references differ"):
+        paired_bootstrap([(A, decoding(("u1", "one two", ""), ("u2", "six", "six")))])
+    with pytest.raises(ValueError, match="occurs twice"):
+        paired_bootstrap([(A + A[:1], B + B[:1])])
+    with pytest.raises(ValueError, match="no utterances"):
+        paired_bootstrap([([], [])])
+    with pytest.raises(ValueError, match="no test sets"):
+        paired_bootstrap([])
+
+
+def test_compare_script_prints_each_set_and_the_mean(tmp_path):
+    for name, results in {"a1": A, "b1": B, "a2": A, "b2": A}.items():
+        (tmp_path / name).mkdir()
+        write_recogs(tmp_path / name / "recogs-test-epoch-1.txt", results)
+    script = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000"]
+    files = [str(tmp_path / f"{d}/recogs-test-epoch-1.txt") for d in ("a1", "a2", "b1", "b2")]
+    out = subprocess.run(script + ["--a", *files[:2], "--b", *files[2:]], check=True, capture_output=True, text=True)
+    rows = out.stdout.splitlines()
+    assert rows[0].startswith("| set | utterances | WER A | WER B | B - A | 95 % interval |")
+    assert rows[2].startswith(f"| {tmp_path.name} test | 2 | 33.33 | 33.33 | +0.00 |")
+    assert rows[3].startswith(f"| {tmp_path.name} test | 2 | 33.33 | 33.33 | +0.00 | [+0.00, +0.00] | 0.000 | 0.000 |")
+    assert rows[4].startswith("| mean | 4 | 33.33 | 33.33 | +0.00 |")
+    unpaired = subprocess.run(script + ["--a", files[0], "--b", *files[2:]], capture_output=True, text=True)
+    assert unpaired.returncode == 1 and "1 files for A but 2 for B" in unpaired.stderr
