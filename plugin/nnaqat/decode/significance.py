@@ -7,6 +7,10 @@ one utterance moves the WER by 0.1-0.4 points, this is what tells a gain from no
 
 Several test sets (e.g. the held-out speakers of leave-one-speaker-out) are resampled each within
 itself and scored by the mean of their WERs, the figure the results tables report.
+
+What it does not measure: the spread between trainings (seeds, data order). Two runs of the same
+recipe differ by more than this interval when training noise dominates; only repeated trainings
+show that.
 """
 
 from __future__ import annotations
