@@ -55,6 +55,8 @@ def main() -> None:
             parts = [part for part in parts if part not in ("distill", "levels")]
             aat = parts[0] == "aat"
             quantizer = parts[1] if aat and len(parts) > 1 else ("none" if aat else parts[0])
+            if levels and quantizer != "s8bqat":
+                parser.error(f"{name}: +levels (learned codebook levels) is an s8bqat option")
             config = TrainConfig(
                 train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,

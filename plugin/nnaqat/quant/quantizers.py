@@ -261,9 +261,12 @@ class S8bqatQuantizer(WeightQuantizer):
         levels = round_ste((steps * level_step(self.bits[name])).clamp(-INT8_MAX, INT8_MAX))
         return torch.sort(levels).values
 
-    def normalized(self, model: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(float weight / scale, centroids)``, both in int8 units (no gradient to the scale)."""
-        levels, scale = self.codebook(name)
+    def normalized(
+        self, model: nn.Module, name: str, codebook: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(float weight / scale, centroids)``, both in int8 units (no gradient to the scale);
+        ``codebook``: the tensor's ``self.codebook(name)`` if the caller has it already."""
+        levels, scale = codebook if codebook is not None else self.codebook(name)
         weight = self.latent(model, name)
         return weight / channel_view(scale.detach(), weight), levels.float()
 
@@ -310,8 +313,8 @@ class S8bqatQuantizer(WeightQuantizer):
     def quantized(self, model: nn.Module) -> Dict[str, QuantizedTensor]:
         out = {}
         for name, b in self.bits.items():
-            levels, scale = self.codebook(name)
-            indices = nearest_index(*self.normalized(model, name))
+            levels, scale = codebook = self.codebook(name)
+            indices = nearest_index(*self.normalized(model, name, codebook))
             out[name] = QuantizedTensor(indices, levels.detach().to(torch.int8), scale.detach().clone(), b)
         return out
 
