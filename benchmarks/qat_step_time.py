@@ -47,6 +47,10 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=3)
     args = parser.parse_args()
 
+    for name in args.variants:
+        parts = name.split("+")
+        if "levels" in parts and "s8bqat" not in parts:
+            parser.error(f"{name}: +levels (learned codebook levels) is an s8bqat option")
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
@@ -55,8 +59,6 @@ def main() -> None:
             parts = [part for part in parts if part not in ("distill", "levels")]
             aat = parts[0] == "aat"
             quantizer = parts[1] if aat and len(parts) > 1 else ("none" if aat else parts[0])
-            if levels and quantizer != "s8bqat":
-                parser.error(f"{name}: +levels (learned codebook levels) is an s8bqat option")
             config = TrainConfig(
                 train_cuts=args.train_cuts, dev_cuts=args.dev_cuts, bpe_model=args.bpe_model,
                 exp_dir=str(Path(tmp) / name), init_checkpoint=str(args.checkpoint), max_duration=args.max_duration,
