@@ -404,6 +404,30 @@ def test_learned_levels_follow_the_loss_and_stay_int8():
     assert torch.equal(quantizer.quantized(model)[name].levels.float(), levels)
 
 
+def test_resumed_learned_codebooks_stay_the_optimizers():
+    """Loading a checkpoint into a quantizer of the same shapes (a resumed run, whose optimizer
+    exists already) loads the learned levels and scales in place: the optimizer keeps training them."""
+    torch.manual_seed(0)
+    config = QuantConfig(quantizer="s8bqat", weight_bits=2, ste_forward=True, learn_levels=True, learn_scale=True)
+    trained = build_transducer(SMALL_MODEL)
+    trained_quantizer = quantize_(trained, config)
+    with torch.no_grad():
+        for p in trained_quantizer.parameters():
+            p.add_(0.5)
+    model = build_transducer(SMALL_MODEL)
+    quantizer = quantize_(model, config)
+    before = dict(quantizer.named_parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.load_state_dict(trained.state_dict())
+    for name, p in quantizer.named_parameters():
+        assert p is before[name], name
+        assert torch.equal(p, trained_quantizer.get_parameter(name)), name
+    ((quantizer.weight(model, "joiner.output_linear.weight") - 1) ** 2).sum().backward()
+    optimizer.step()
+    steps = "level_steps__joiner__output_linear__weight"
+    assert not torch.equal(quantizer.get_parameter(steps), trained_quantizer.get_parameter(steps))
+
+
 def test_learned_codebooks_need_the_snapped_forward_pass():
     for flag in ("learn_scale", "learn_levels"):
         with pytest.raises(ValueError, match="ste_forward"):

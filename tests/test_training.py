@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -121,6 +122,67 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_data, tmp_path):
     assert torch.isfinite(loss)
     assert trainer.non_finite == 1
     assert stats["utterances"] == batch["inputs"].size(0) - 1
+
+
+def test_a_non_finite_utterance_does_not_reach_the_weights(tiny_data, tmp_path):
+    from nnaqat.trainer import Trainer
+
+    trainer = Trainer(config(tiny_data, tmp_path, warm_step=0))
+    batch = next(iter(trainer.train_dl))
+    batch["inputs"][0] = float("nan")  # its loss is masked, but 0 * NaN would still reach the gradients
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    stats = trainer.train_step(batch)
+    assert trainer.non_finite == 1 and stats["utterances"] == batch["inputs"].size(0) - 1
+    assert trainer.skipped_steps == 0
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+    batch["inputs"][:] = float("nan")  # nothing left to learn from: no update at all
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.train_step(batch)["utterances"] == 0
+    assert all(torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+
+
+def _step_with_bad_batches(rank: int, cfg: TrainConfig, port: int, out: str) -> None:
+    """One DDP rank: rank 0's batch has one NaN utterance, rank 1's only NaN ones."""
+    import os
+
+    import torch.distributed as dist
+
+    from nnaqat.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        trainer = Trainer(cfg, rank)
+        batch = next(iter(trainer.train_dl))
+        batch["inputs"][0 if rank == 0 else slice(None)] = float("nan")
+        trainer.train_step(batch)
+        torch.save({"params": [p.detach() for p in trainer.model.parameters()],
+                    "skipped": trainer.skipped_steps}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_agree_when_one_has_no_finite_loss(tiny_data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config(tiny_data, tmp_path, max_duration=20.0, world_size=2, num_threads=1, warm_step=0)
+    context = mp.spawn(_step_with_bad_batches, args=(cfg, port, str(tmp_path)), nprocs=2, join=False)
+    started = time.monotonic()
+    while not context.join(timeout=5):  # False until every rank has exited
+        if time.monotonic() - started > 300:  # a rank that skipped DDP's backward would wait forever
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a DDP rank hung after a batch without finite losses")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"]
+    for p0, p1 in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert bool(torch.isfinite(p0).all()) and torch.equal(p0, p1)
 
 
 def test_ctc_loss_joins_the_training_loss(tiny_data, tmp_path):

@@ -172,6 +172,7 @@ class Trainer:
         )
         self.batch_idx_train = 0
         self.non_finite = 0
+        self.skipped_steps = 0
         self.history: list = []
         self._resume()
         if self.nna_spec is not None and self.batch_idx_train == 0:  # resumed runs restore their ranges
@@ -193,6 +194,7 @@ class Trainer:
             "epoch_done": epoch_done,
             "batch_idx_train": self.batch_idx_train,
             "non_finite": self.non_finite,
+            "skipped_steps": self.skipped_steps,
             "history": self.history,
             "train_config": asdict(self.config),
         }
@@ -214,6 +216,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.batch_idx_train = state["batch_idx_train"]
         self.non_finite = state["non_finite"]
+        self.skipped_steps = state.get("skipped_steps", 0)  # older checkpoints did not count them
         self.history = list(state["history"])
         if state["epoch_done"]:
             self.start_epoch = state["epoch"] + 1
@@ -237,25 +240,43 @@ class Trainer:
             encoder.cmn.speech_mean.copy_(stats.speech_mean)
 
     # ---- loop ----
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, Dict[str, float]]:
-        """Training loss of one batch (mean over utterances with finite losses) and its
-        statistics; the quantizer's penalty joins in :meth:`train_step`."""
-        x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
+    def _losses(
+        self, x: torch.Tensor, x_lens: torch.Tensor, y: torch.Tensor, y_lens: torch.Tensor, again: bool = False
+    ) -> tuple:
+        """Per-utterance ``(simple, pruned, ctc, distill)`` losses, each ``(N,)`` (zeros for the
+        terms not trained). ``again``: a second pass over the batch, through the bare model (DDP's
+        forward starts with a collective the other ranks, passing once, would not match; its
+        gradient hooks still all-reduce the backward pass)."""
         config = self.config
-        simple, pruned, ctc, distill = self.ddp_model(
+        simple, pruned, ctc, distill = (self.model if again else self.ddp_model)(
             x, x_lens, y, y_lens, prune_range=config.prune_range, am_scale=config.am_scale,
             lm_scale=config.lm_scale, delay_penalty=config.delay_penalty, context_dropout=config.context_dropout,
             teacher=self.teacher,
         )
-        if ctc is None:
-            ctc = torch.zeros_like(simple)
-        if distill is None:
-            distill = torch.zeros_like(simple)
-        finite = torch.isfinite(simple) & torch.isfinite(pruned) & torch.isfinite(ctc) & torch.isfinite(distill)
+        return simple, pruned, torch.zeros_like(simple) if ctc is None else ctc, (
+            torch.zeros_like(simple) if distill is None else distill
+        )
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, Dict[str, float]]:
+        """Training loss of one batch (mean over utterances with finite losses) and its
+        statistics; the quantizer's penalty joins in :meth:`train_step`.
+
+        Utterances with a non-finite loss are counted, named and left out: the batch is run
+        again without them, since masking their loss alone would still let their NaN
+        activations into the weights' gradients (0 * NaN)."""
+        x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
+        config = self.config
+        simple, pruned, ctc, distill = losses = self._losses(x, x_lens, y, y_lens)
+        finite = torch.stack([torch.isfinite(term) for term in losses]).all(0)
         if not bool(finite.all()):
             bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
             self.non_finite += len(bad)
             logging.warning("non-finite loss for %s (skipped; %d so far)", bad, self.non_finite)
+            keep = finite.nonzero().flatten()
+            if keep.numel():
+                x, x_lens, y, y_lens = x[keep], x_lens[keep], y[keep], y_lens[keep]
+                simple, pruned, ctc, distill = losses = self._losses(x, x_lens, y, y_lens, again=True)
+                finite = torch.stack([torch.isfinite(term) for term in losses]).all(0)
         scale = pruned_loss_scale(self.batch_idx_train, config.warm_step)
         num = finite.sum().clamp_min(1)
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
@@ -282,12 +303,20 @@ class Trainer:
             loss, stats = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         stats["penalty"] = 0.0
-        if stats["utterances"] > 0:
+        utterances = torch.tensor(stats["utterances"])
+        if self.config.world_size > 1:  # every rank must take the same branch: DDP's backward all-reduces
+            dist.all_reduce(utterances)
+        if utterances > 0:
             loss.backward()
             if self.quantizer is not None:
                 stats["penalty"] = self.quantizer.penalty_backward(self.model, self.batch_idx_train) or 0.0
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if torch.isfinite(norm):  # the same on every rank: DDP averaged the gradients
+                self.optimizer.step()
+            else:  # e.g. another rank's batch had no finite loss: no update rather than NaN weights
+                self.skipped_steps += 1
+                logging.warning("non-finite gradient at batch %d: step skipped (%d so far)",
+                                self.batch_idx_train, self.skipped_steps)
         self.scheduler.step()
         self.batch_idx_train += 1
         if self.quantizer is not None:
@@ -379,6 +408,8 @@ class Trainer:
             self.writer.close()
         if self.non_finite:
             logging.warning("%d utterance loss(es) were non-finite and skipped", self.non_finite)
+        if self.skipped_steps:
+            logging.warning("%d step(s) skipped for a non-finite gradient", self.skipped_steps)
 
 
 def _run_rank(rank: int, config: TrainConfig, port: int) -> None:

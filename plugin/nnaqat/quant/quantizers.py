@@ -230,11 +230,18 @@ class S8bqatQuantizer(WeightQuantizer):
                 parametrize.register_parametrization(model.get_submodule(module), attr, snap, unsafe=True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for key, value in state_dict.items():  # codebook sizes differ per tensor: adopt the stored ones
+        # Codebook sizes differ per tensor: adopt the stored ones where they differ. Same-shaped
+        # tensors load in place, so an optimizer built before a resume keeps training them.
+        for key, value in state_dict.items():
             name = key[len(prefix):]
+            if not name.startswith(("log_gain__", "level_steps__", "levels__", "scale__")) or not key.startswith(prefix):
+                continue
+            current = getattr(self, name, None)
+            if current is not None and current.shape == value.shape:
+                continue
             if name.startswith(("log_gain__", "level_steps__")):
                 setattr(self, name, nn.Parameter(torch.empty_like(value)))
-            elif name.startswith(("levels__", "scale__")):
+            else:
                 setattr(self, name, torch.empty_like(value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
