@@ -198,8 +198,11 @@ def test_integer_model_file_round_trip_and_version(converted, tmp_path):
         stored = dict(data)
     stored["version"] = np.array(VERSION + 1)
     np.savez(tmp_path / "future.npz", **stored)
-    with pytest.raises(ValueError, match="version"):
+    with pytest.raises(ValueError, match="future.npz: .*version"):
         load_integer_model(tmp_path / "future.npz")
+    (tmp_path / "short.npz").write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="short.npz: "):
+        load_integer_model(tmp_path / "short.npz")
 
 
 def test_sub8bit_side_car_stores_k_bit_indices_and_decodes_the_same(small_checkpoint, calibration_batches, dev, tmp_path):

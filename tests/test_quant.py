@@ -226,8 +226,11 @@ def test_pack_unpack_round_trip(bits):
         packed = pack_indices(indices, bits)
         assert len(packed) == math.ceil(count * bits / 8)
         assert np.array_equal(unpack_indices(packed, bits, count), indices)
-    with pytest.raises(ValueError, match="does not fit"):
-        pack_indices(np.array([2**bits]), bits)
+    for bad in (2**bits, -1, 2**16 + 1):  # out of range on either side, also past a uint16 cast
+        with pytest.raises(ValueError, match=f"not all fit in {bits} bits"):
+            pack_indices(np.array([0, bad]), bits)
+    with pytest.raises(ValueError, match="take .* bytes, got"):  # a truncated file
+        unpack_indices(pack_indices(np.zeros(1001, dtype=np.int64), bits)[:-1], bits, 1001)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
@@ -337,8 +340,26 @@ def test_finalize_pack_and_reload_are_exact(name, bits, tmp_path):
             assert torch.equal(again.state_dict()[key], value), key
             assert torch.equal(unpacked[key], value), key
     assert report.mean_bits == bits
+    if bits == 2 and variant == "":  # a truncated side-car is an error naming the file, not zeros
+        data = (tmp_path / "m.pack").read_bytes()
+        for cut in (len(data) - 1, 20):
+            (tmp_path / "short.pack").write_bytes(data[:cut])
+            with pytest.raises(ValueError, match="short.pack: .*truncated file"):
+                load_packed(tmp_path / "short.pack")
     assert report.weight_size == WeightSize(count=report.num_weights, stored_bytes=report.packed_bytes, index_bits=bits)
     assert report.packed_bytes < report.int8_bytes if bits < 8 else report.packed_bytes < report.fp32_bytes
+
+
+def test_packed_side_car_refuses_an_nna_model(tmp_path):
+    from nnaqat.nna import NnaSpec
+    from nnaqat.nna.convert import nna_
+
+    model = build_transducer(SMALL_MODEL)
+    nna_(model, NnaSpec())
+    quantize_(model, QuantConfig(quantizer="ptq", weight_bits=4)).finalize(model)
+    with pytest.raises(ValueError, match="export_nna.py"):
+        save_packed(model, tmp_path / "m.pack")
+    assert not list(tmp_path.iterdir())
 
 
 def test_learned_codebook_scale_gets_the_lsq_gradient():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from nnaqat.atomic import atomic_write
 from nnaqat.models.transducer import Transducer, build_transducer
 from nnaqat.nna import NnaSpec
 from nnaqat.nna.convert import nna_
@@ -19,18 +18,7 @@ from nnaqat.quant import QuantConfig, quantize_
 
 def save_checkpoint(path: Path | str, state: Dict[str, Any]) -> None:
     """Writes ``state`` to ``path`` atomically: an interrupted write never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path | str) -> Dict[str, Any]:

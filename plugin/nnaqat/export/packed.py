@@ -18,6 +18,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from nnaqat.atomic import atomic_write
 from nnaqat.bitpack import pack_indices, unpack_indices
 from nnaqat.models.transducer import Transducer, build_transducer
 from nnaqat.quant.config import is_training_only
@@ -66,6 +67,8 @@ def save_packed(model: Transducer, path: Path | str) -> SizeReport:
     quantizer = getattr(model, "quantizer", None)
     if quantizer is None:
         raise ValueError("the model has no quantizer; run nnaqat.quant.quantize_ and finalize first")
+    if getattr(model, "nna_spec", None) is not None:  # its integer ranges and formats do not fit here
+        raise ValueError("the model emulates an NNA: write its side-car with local/export_nna.py")
     quantizer.check_on_codebook(model)
     quantized: Dict[str, QuantizedTensor] = quantizer.quantized(model)
     blobs: List[bytes] = []
@@ -110,13 +113,23 @@ def save_packed(model: Transducer, path: Path | str) -> SizeReport:
             "tensors": entries,
         }
     ).encode()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-        for blob in blobs:
-            f.write(blob)
+    atomic_write(path, lambda f: f.writelines([MAGIC, struct.pack("<Q", len(header)), header, *blobs]))
     return report
+
+
+def _read_tensor(entry: dict, blob) -> torch.Tensor:
+    """One header entry's tensor (float32 as stored, or a quantized one dequantized)."""
+    shape = entry["shape"]
+    if "float32" in entry:
+        return torch.from_numpy(np.frombuffer(blob(entry["float32"]), dtype="<f4").copy()).reshape(shape)
+    scale = torch.from_numpy(np.frombuffer(blob(entry["scale"]), dtype="<f4").copy())
+    q = QuantizedTensor(
+        indices=torch.from_numpy(unpack_indices(blob(entry["indices"]), entry["bits"], math.prod(shape))).reshape(shape),
+        levels=torch.from_numpy(np.frombuffer(blob(entry["levels"]), dtype=np.int8).copy()),
+        scale=scale if entry["per_channel"] else scale.reshape(()),
+        bits=entry["bits"],
+    )
+    return q.dequantize()
 
 
 def load_packed(path: Path | str) -> Transducer:
@@ -124,28 +137,27 @@ def load_packed(path: Path | str) -> Transducer:
     raw = Path(path).read_bytes()
     if raw[: len(MAGIC)] != MAGIC:
         raise ValueError(f"{path}: not an nnaqat packed model")
-    (length,) = struct.unpack("<Q", raw[len(MAGIC) : len(MAGIC) + 8])
     start = len(MAGIC) + 8
-    header = json.loads(raw[start : start + length])
+    try:
+        (length,) = struct.unpack("<Q", raw[len(MAGIC) : start])
+        header = json.loads(raw[start : start + length])
+    except (struct.error, ValueError) as error:
+        raise ValueError(f"{path}: unreadable header (truncated file?): {error}") from None
     if header.get("version") != VERSION:
         raise ValueError(f"{path}: unsupported version {header.get('version')}")
     body = memoryview(raw)[start + length :]
-    blob = lambda span: bytes(body[span[0] : span[0] + span[1]])
+
+    def blob(span: List[int]) -> bytes:
+        if span[0] + span[1] > len(body):
+            raise ValueError(f"bytes {span[0]}-{span[0] + span[1]} of a {len(body)}-byte body (truncated file?)")
+        return bytes(body[span[0] : span[0] + span[1]])
+
     state = {}
     for entry in header["tensors"]:
-        shape = entry["shape"]
-        if "float32" in entry:
-            state[entry["name"]] = torch.from_numpy(np.frombuffer(blob(entry["float32"]), dtype="<f4").copy()).reshape(shape)
-            continue
-        count = int(np.prod(shape))
-        scale = torch.from_numpy(np.frombuffer(blob(entry["scale"]), dtype="<f4").copy())
-        q = QuantizedTensor(
-            indices=torch.from_numpy(unpack_indices(blob(entry["indices"]), entry["bits"], count)).reshape(shape),
-            levels=torch.from_numpy(np.frombuffer(blob(entry["levels"]), dtype=np.int8).copy()),
-            scale=scale if entry["per_channel"] else scale.reshape(()),
-            bits=entry["bits"],
-        )
-        state[entry["name"]] = q.dequantize()
+        try:
+            state[entry["name"]] = _read_tensor(entry, blob)
+        except ValueError as error:
+            raise ValueError(f"{path}: {entry['name']}: {error}") from None
     model = build_transducer(header["model_config"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(_deployed(k) for k in missing):

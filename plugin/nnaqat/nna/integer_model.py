@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import typing
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from nnaqat.atomic import atomic_write
 from nnaqat.nna import reference as ref
 from nnaqat.nna.lut import Lut
 from nnaqat.nna.reference_lstm import GateLuts, LstmParams
@@ -151,12 +153,15 @@ def save_integer_model(model: IntegerModel, path: Union[str, Path]) -> StorageRe
     codebooks where that is smaller (see :mod:`nnaqat.nna.storage`), every other integer in its
     narrowest type. Returns the bytes per kind of array."""
     stored, report = encode_arrays(to_arrays(model))
-    with open(path, "wb") as f:
-        np.savez(f, **stored)
+    atomic_write(path, lambda f: np.savez(f, **stored))
     return report
 
 
 def load_integer_model(path: Union[str, Path]) -> IntegerModel:
-    """Reads a file of :func:`save_integer_model` (no pickled objects are loaded)."""
-    with np.load(path, allow_pickle=False) as data:
-        return from_arrays(decode_arrays({key: data[key] for key in data.files}))
+    """Reads a file of :func:`save_integer_model` (no pickled objects are loaded); a file that
+    is not one, or is truncated, raises ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return from_arrays(decode_arrays({key: data[key] for key in data.files}))
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: {error}") from None
