@@ -209,6 +209,35 @@ def test_ctc_loss_needs_a_model_with_the_head(tiny_data, tmp_path):
         Trainer(config(tiny_data, tmp_path / "ctc", ctc_loss_scale=0.3, init_checkpoint=str(tmp_path / "plain.pt")))
 
 
+def test_fine_tuning_starts_from_fp32_and_averaging_needs_one_configuration(tiny_data, tmp_path):
+    from nnaqat.checkpoint import load_model
+    from nnaqat.quant import QuantConfig
+    from nnaqat.trainer import Trainer
+
+    plain = Trainer(config(tiny_data, tmp_path / "plain"))
+    save_checkpoint(tmp_path / "plain.pt", plain._state(1, True))
+    quantized = Trainer(config(tiny_data, tmp_path / "q", init_checkpoint=str(tmp_path / "plain.pt"),
+                               quant=QuantConfig(quantizer="uniform", weight_bits=4)))
+    save_checkpoint(tmp_path / "q.pt", quantized._state(1, True))
+    with pytest.raises(ValueError, match="q.pt is quantized or emulates an NNA"):
+        Trainer(config(tiny_data, tmp_path / "ft", init_checkpoint=str(tmp_path / "q.pt")))
+    with pytest.raises(ValueError, match="cannot average .*q.pt with .*plain.pt: their quant_config differ"):
+        load_model([tmp_path / "plain.pt", tmp_path / "q.pt"])
+
+
+def test_dev_cuts_too_short_for_the_encoder_are_left_out(tiny_data, tmp_path):
+    from lhotse import CutSet, load_manifest
+
+    from nnaqat.trainer import Trainer
+
+    dev = load_manifest(tiny_data.dev)
+    short = dev[0].truncate(duration=0.03)  # 3 frames: under the encoder's subsampling
+    CutSet.from_cuts([short, *list(dev)[1:]]).to_file(tmp_path / "dev.jsonl.gz")
+    trainer = Trainer(config(tiny_data, tmp_path / "exp", dev_cuts=str(tmp_path / "dev.jsonl.gz")))
+    assert short.id not in trainer.dev_cuts.ids and len(trainer.dev_cuts) == len(dev) - 1
+    assert math.isfinite(trainer.validate()["dev_pruned_loss"])
+
+
 def test_repeat_marked_targets_follow_the_model_into_fine_tuning(tiny_data, tmp_path):
     from nnaqat.trainer import Trainer
 

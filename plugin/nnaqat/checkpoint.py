@@ -60,26 +60,37 @@ def epoch_checkpoints(exp_dir: Path | str, epoch: int, avg: int) -> List[Path]:
     return [Path(exp_dir) / f"epoch-{e}.pt" for e in range(epoch - avg + 1, epoch + 1)]
 
 
-def load_model(paths: Sequence[Path | str]) -> Transducer:
-    """Rebuilds the model of the first checkpoint with the average of all their weights.
-
-    A quantization-aware checkpoint comes back with its quantizer attached and finalized: every
-    quantized weight lies exactly on its codebook (checked), as the NNA will run it. A checkpoint
-    trained with NNA emulation comes back converted (``nna.convert.nna_``), ranges included.
-    """
-    checkpoints = [load_checkpoint(p) for p in paths]
-    model = build_transducer(checkpoints[0]["model_config"])
-    state = average_state_dicts([c["model"] for c in checkpoints])
-    if checkpoints[0].get("nna_spec"):  # trained with NNA emulation: convert before loading
-        nna_(model, NnaSpec.from_dict(checkpoints[0]["nna_spec"], str(paths[0])))
-    quant = QuantConfig(**checkpoints[0].get("quant_config", {}))
+def model_from_state(state: Dict[str, Any], source: str = "model") -> Transducer:
+    """Rebuilds the model a :func:`model_state` dict describes, in eval mode. A quantized model
+    comes back with its quantizer attached and finalized: every quantized weight lies exactly on
+    its codebook (checked), as the NNA will run it. A model trained with NNA emulation comes back
+    converted (``nna.convert.nna_``), ranges included. ``source`` names it in errors."""
+    model = build_transducer(state["model_config"])
+    if state.get("nna_spec"):  # trained with NNA emulation: convert before loading
+        nna_(model, NnaSpec.from_dict(state["nna_spec"], source))
+    quant = QuantConfig(**state.get("quant_config", {}))
     if quant.quantizer == "none":
-        model.load_state_dict(state)
+        model.load_state_dict(state["model"])
     else:
-        quantizer = quantize_(model, quant, state_dict=state)
+        quantizer = quantize_(model, quant, state_dict=state["model"])
         quantizer.finalize(model)
         quantizer.check_on_codebook(model)
     return model.eval()
+
+
+def load_model(paths: Sequence[Path | str]) -> Transducer:
+    """Rebuilds the model of the checkpoints with the average of their weights (see
+    :func:`model_from_state`); they must share the model, quantizer and NNA configurations."""
+    checkpoints = [load_checkpoint(p) for p in paths]
+    first = checkpoints[0]
+    for path, checkpoint in zip(paths[1:], checkpoints[1:]):
+        for key in ("model_config", "quant_config", "nna_spec"):
+            if checkpoint.get(key) != first.get(key):
+                raise ValueError(f"cannot average {path} with {paths[0]}: their {key} differ")
+        if checkpoint["model"].keys() != first["model"].keys():
+            raise ValueError(f"cannot average {path} with {paths[0]}: their tensors differ")
+    state = average_state_dicts([c["model"] for c in checkpoints])
+    return model_from_state({**first, "model": state}, str(paths[0]))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, exp_dir_required: bool = False) -> None:

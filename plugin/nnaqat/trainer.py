@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from nnaqat.checkpoint import load_checkpoint, load_model, save_checkpoint
+from nnaqat.checkpoint import load_checkpoint, load_model, model_from_state, model_state, save_checkpoint
 from nnaqat.data.datamodule import (
     AugmentConfig,
     batch_to_tensors,
@@ -124,6 +124,9 @@ class Trainer:
         self.teacher: Optional[Transducer] = None  # --distill-scale: the init checkpoint's model, fixed
         if config.init_checkpoint:
             init = load_checkpoint(config.init_checkpoint)
+            if init.get("nna_spec") or init.get("quant_config", {}).get("quantizer", "none") != "none":
+                raise ValueError(f"{config.init_checkpoint} is quantized or emulates an NNA: fine-tuning starts "
+                                 "from an fp32 checkpoint (pass the quantizer and NNA spec as flags)")
             self.model: Transducer = build_transducer(init["model_config"])
             self.model.load_state_dict(init["model"])
             if self.model.config.vocab_size != len(self.tokenizer):
@@ -146,7 +149,10 @@ class Trainer:
         self.quantizer = quantize_(self.model, config.quant) if config.quant.quantizer != "none" else None
         cuts = load_manifest_lazy(config.train_cuts).to_eager()
         self.train_cuts, self.dropped = filter_trainable(cuts, self.tokenizer, self.model.encoder.output_length)
-        self.dev_cuts = load_manifest_lazy(config.dev_cuts).to_eager()
+        # Dev cuts too short for the encoder would stop validation, and the epoch's checkpoint with it.
+        self.dev_cuts, _ = filter_trainable(
+            load_manifest_lazy(config.dev_cuts).to_eager(), self.tokenizer, self.model.encoder.output_length
+        )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.train_dl = train_dataloader(
             self.train_cuts,
@@ -183,10 +189,7 @@ class Trainer:
     # ---- state ----
     def _state(self, epoch: int, epoch_done: bool) -> Dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
-            "model_config": self.model.config.to_dict(),
-            "quant_config": asdict(self.config.quant),
-            "nna_spec": self.nna_spec.to_dict() if self.nna_spec is not None else None,
+            **model_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.train_dl.sampler.state_dict(),
@@ -326,12 +329,8 @@ class Trainer:
     def validate(self) -> Dict[str, float]:
         """Dev pruned loss per utterance and greedy-search WER of the model as deployed
         (quantized weights finalized on a copy)."""
-        model = self.model
-        if self.quantizer is not None:  # a copy, rebuilt as decoding loads a checkpoint
-            model = build_transducer(self.model.config)
-            if self.nna_spec is not None:
-                nna_(model, self.nna_spec)
-            quantize_(model, self.config.quant, state_dict=self.model.state_dict()).finalize(model)
+        # Quantized: a copy, rebuilt as decoding loads a checkpoint (weights on their codebooks).
+        model = model_from_state(model_state(self.model)) if self.quantizer is not None else self.model
         model.eval()
         config = self.config
         loss, utterances = 0.0, 0.0
