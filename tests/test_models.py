@@ -37,8 +37,9 @@ def test_registry_lists_builtin_variants():
     assert "additive" in registry.names("joiner")
     with pytest.raises(KeyError, match="no encoder variant named 'nope'.*lstm"):
         registry.get("encoder", "nope")
-    with pytest.raises(ValueError, match="unknown variant kind"):
-        registry.register("widget", "x")
+    for call in (lambda: registry.register("widget", "x"), lambda: registry.get("widget", "x")):
+        with pytest.raises(ValueError, match="unknown variant kind 'widget'"):
+            call()
 
 
 def test_entry_point_plugins_can_add_variants(monkeypatch):

@@ -263,9 +263,20 @@ def test_bit_config_first_matching_rule_wins(tmp_path):
     assert bits["encoder.subsampling.out.weight"] == 4
     assert bits["joiner.output_linear.weight"] == 8
     assert bits["predictor.embedding.weight"] == 3
-    rules.write_text("encoder.*: 9\n")
-    with pytest.raises(ValueError, match="1..8"):
-        resolve_bits(names, QuantConfig(quantizer="s8bqat", bit_config=str(rules)))
+    for bad in ("encoder.*: 9\n", "encoder.*: true\n"):
+        rules.write_text(bad)
+        with pytest.raises(ValueError, match="1..8"):
+            resolve_bits(names, QuantConfig(quantizer="s8bqat", bit_config=str(rules)))
+
+
+def test_bit_config_rule_matching_nothing_is_named(tmp_path, caplog):
+    names = quantizable_parameters(build_transducer(SMALL_MODEL).named_parameters())
+    rules = tmp_path / "bits.yaml"
+    rules.write_text("encoder.layer.*: 2\njoiner.*: 4\n")  # "layer" for "layers"
+    with caplog.at_level("WARNING"):
+        bits = resolve_bits(names, QuantConfig(quantizer="s8bqat", weight_bits=3, bit_config=str(rules)))
+    assert "bits.yaml: no parameter matches ['encoder.layer.*'] (3 bits by default)" in caplog.text
+    assert bits["encoder.layers.0.weight_ih_l0"] == 3 and bits["joiner.output_linear.weight"] == 4
 
 
 def test_quantizers_are_registered_by_name():

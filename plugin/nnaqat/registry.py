@@ -24,10 +24,14 @@ _variants: Dict[str, Dict[str, Callable[..., Any]]] = {kind: {} for kind in KIND
 _plugins_loaded = False
 
 
-def register(kind: str, name: str) -> Callable[[T], T]:
-    """Decorator registering a class or factory as variant ``name`` of ``kind``."""
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown variant kind {kind!r}; expected one of {KINDS}")
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Decorator registering a class or factory as variant ``name`` of ``kind``."""
+    _check_kind(kind)
 
     def decorator(factory: T) -> T:
         existing = _variants[kind].get(name)
@@ -53,12 +57,14 @@ def _load_variants() -> None:
 
 def names(kind: str) -> List[str]:
     """Sorted names of the registered variants of ``kind``."""
+    _check_kind(kind)
     _load_variants()
     return sorted(_variants[kind])
 
 
 def get(kind: str, name: str) -> Callable[..., Any]:
     """The factory registered as ``name`` of ``kind``; a KeyError lists the known names."""
+    _check_kind(kind)
     _load_variants()
     try:
         return _variants[kind][name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -49,7 +50,7 @@ def load_bit_rules(path: str | Path) -> List[Tuple[str, int]]:
     if not isinstance(rules, dict):
         raise ValueError(f"{path}: expected a mapping of parameter-name globs to bit widths")
     for glob, bits in rules.items():
-        if not isinstance(bits, int) or not 1 <= bits <= 8:
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
             raise ValueError(f"{path}: bits for {glob!r} must be an integer in 1..8, got {bits!r}")
     return list(rules.items())
 
@@ -59,6 +60,10 @@ def resolve_bits(names: List[str], config: QuantConfig) -> Dict[str, int]:
     if not 1 <= config.weight_bits <= 8:
         raise ValueError(f"weight_bits must be in 1..8, got {config.weight_bits}")
     rules = load_bit_rules(config.bit_config) if config.bit_config else []
+    unmatched = [g for g, _ in rules if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+    if unmatched:  # a typo, or a rule for another model: either way worth seeing
+        logging.warning("%s: no parameter matches %s (%d bits by default)", config.bit_config, unmatched,
+                        config.weight_bits)
     return {n: next((b for g, b in rules if fnmatch.fnmatchcase(n, g)), config.weight_bits) for n in names}
 
 
