@@ -29,19 +29,14 @@ from nnaqat.decode.dataset import decode_cuts, named_manifests
 from nnaqat.decode.wer import error_stats
 from nnaqat.nna.cost import DeviceProfile, frame_latency, transducer_ops
 from nnaqat.nna.placement import place_
-from nnaqat.nna.recognize import convert_after_training
-from nnaqat.quant.config import add_post_training_arguments
+from nnaqat.nna.recognize import add_post_training_conversion_arguments, convert_after_training
 
 
 def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--bpe-model", type=Path, required=True)
-    parser.add_argument("--nna-spec", type=Path, nargs="*", default=[],
-                        help="convert an fp32 checkpoint under each of these specs (one row each)")
-    parser.add_argument("--calibration-cuts", type=Path, help="with --nna-spec: manifest whose first batches calibrate")
-    parser.add_argument("--calibration-batches", type=int, default=20)
-    add_post_training_arguments(parser)
+    add_post_training_conversion_arguments(parser, several_specs=True)  # one row per spec
     parser.add_argument("--placements", nargs="*", default=[""],
                         help='rule sets such as "encoder.layers.*=cpu,joiner.*=cpu", one row each ("": as the spec)')
     parser.add_argument("--device-profile", type=Path, help="YAML of nnaqat.nna.cost.DeviceProfile fields")
@@ -65,7 +60,7 @@ def main() -> None:
     args = get_args()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    profile = DeviceProfile.from_dict(yaml.safe_load(args.device_profile.read_text()) or {}) \
+    profile = DeviceProfile.from_dict(yaml.safe_load(args.device_profile.read_text()) or {}, str(args.device_profile)) \
         if args.device_profile else DeviceProfile()  # fmt: skip
     tokenizer = Tokenizer(args.bpe_model)
     test_sets = named_manifests(args.cuts)

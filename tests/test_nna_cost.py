@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from nnaqat.models import TransducerConfig, build_transducer
 from nnaqat.nna import NnaSpec
@@ -97,10 +98,17 @@ def test_a_joiner_nonlinearity_on_the_cpu_costs_three_transfers_per_frame():
     assert fallback.cpu_ops == ["joiner.activation"]
 
 
-def test_device_profile_rejects_unknown_keys():
+def test_device_profile_reads_numbers_and_rejects_the_rest():
     assert DeviceProfile.from_dict({"nna_macs_per_second": 2e9}).nna_macs_per_second == 2e9
-    with pytest.raises(ValueError, match="nna_macs"):
-        DeviceProfile.from_dict({"nna_macs": 2e9})
+    # YAML reads 100e9 (no decimal point) as a string
+    profile = DeviceProfile.from_dict(yaml.safe_load("nna_macs_per_second: 100e9\ncpu_weight_bits: 16"))
+    assert profile.nna_macs_per_second == 100e9 and profile.cpu_weight_bits == 16
+    for bad, match in (({"nna_macs": 2e9}, "p.yaml: unknown keys .*nna_macs"),
+                       ({"transfer_seconds": "fast"}, "p.yaml: transfer_seconds must be a number"),
+                       ({"cpu_weight_bits": True}, "must be a number"),
+                       ({"cpu_macs_per_second": 0}, "must be positive")):
+        with pytest.raises(ValueError, match=match):
+            DeviceProfile.from_dict(bad, "p.yaml")
 
 
 def test_transducer_ops_refuse_predictors_the_nna_does_not_have():

@@ -62,7 +62,7 @@ def test_placement_rules_are_checked():
     assert HARSH.placed("") == HARSH
     assert HARSH.placed(" joiner.* = cpu ,encoder.layers.0=nna").placement[:2] == (
         ("joiner.*", "cpu"), ("encoder.layers.0", "nna"))  # fmt: skip
-    for bad in ("joiner.*", "joiner.*=gpu", "=cpu"):
+    for bad in ("joiner.*", "joiner.*=gpu", "=cpu", "joiner.*=cpu,joiner.*=nna"):
         with pytest.raises(NnaSpecError, match="placement"):
             HARSH.placed(bad)
 

@@ -40,12 +40,25 @@ class DeviceProfile:
     transfer_bytes_per_second: float = 1e9
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceProfile:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: Mapping[str, Any], source: str = "device profile") -> DeviceProfile:
+        """A profile from a mapping of its fields (e.g. a YAML file's; ``source`` names it in
+        errors); numbers may be strings such as ``100e9``, which YAML reads as text."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ValueError(f"unknown device profile keys {unknown} (expected some of {sorted(names)})")
-        return cls(**data)
+            raise ValueError(f"{source}: unknown keys {unknown} (expected some of {sorted(fields)})")
+        values = {}
+        for key, value in data.items():
+            kind = int if fields[key].type in (int, "int") else float
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                values[key] = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: {key} must be a number, got {value!r}") from None
+            if values[key] <= 0:
+                raise ValueError(f"{source}: {key} must be positive, got {value!r}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -300,12 +300,6 @@ def linear_codes(
     return _kernels.linear_codes(product, offset, *acc_args, *out_args)[0]
 
 
-def wrap(total: torch.Tensor, bits: int) -> torch.Tensor:
-    """Two's-complement wrap-around of integer-valued ``total`` into ``bits`` bits (no gradient)."""
-    low, _ = int_range(bits)
-    return torch.remainder(total.detach() - low, 2.0**bits) + low
-
-
 def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """gemmlowp's SRDHM on int32 values (int64 tensors in and out): ``floor((a*b + 2**30) / 2**31)``,
     with INT32_MIN * INT32_MIN saturated to INT32_MAX."""
@@ -608,5 +602,4 @@ __all__ = [
     "requantize_output",
     "saturate",
     "saturating_rounding_doubling_high_mul",
-    "wrap",
 ]

@@ -195,6 +195,8 @@ class NnaSpec:
             glob, sep, where = rule.partition("=")
             if not sep:
                 raise NnaSpecError(f"placement rule {rule!r}: expected GLOB=nna or GLOB=cpu")
+            if glob.strip() in parsed:
+                raise NnaSpecError(f"placement {rules!r}: {glob.strip()!r} is placed twice")
             parsed[glob.strip()] = where.strip()
         try:
             added = _placement_rules(parsed)
