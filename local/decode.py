@@ -27,7 +27,7 @@ from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.dataset import cuts_from_wavs, decode_cuts, named_manifests
 from nnaqat.decode.search import add_search_arguments
-from nnaqat.decode.wer import Result, differing_hypotheses, write_error_stats, write_recogs
+from nnaqat.decode.wer import Result, differing_hypotheses, search_suffix, write_recogs, write_results
 from nnaqat.nna.recognize import add_post_training_conversion_arguments, convert_after_training, integer_decode_cuts
 
 
@@ -55,10 +55,7 @@ def main() -> None:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     model, suffix = load_model_from_args(args)
-    if args.method == "modified_beam_search":
-        suffix += f"-beam-{args.beam_size}"
-    if args.blank_penalty:
-        suffix += f"-blank-penalty-{args.blank_penalty:g}"
+    suffix += search_suffix(args.method, args.beam_size, args.blank_penalty)
     tokenizer = Tokenizer(args.bpe_model)
     suffix += convert_after_training(model, args, tokenizer, args.max_duration)
     emulated_suffix = suffix  # --check-emulated: the emulated model's files
@@ -84,11 +81,11 @@ def main() -> None:
         else:
             results = decode_cuts(model, cuts, tokenizer, args.method, args.beam_size, args.max_duration,
                                    blank_penalty=args.blank_penalty)
-        write_results(out_dir, name, suffix, args.method, results)
+        report(out_dir, name, suffix, args.method, results)
         if args.check_emulated:
             emulated = decode_cuts(model, cuts, tokenizer, "greedy_search", args.beam_size, args.max_duration,
                                    blank_penalty=args.blank_penalty)
-            write_results(out_dir, name, emulated_suffix, args.method, emulated)
+            report(out_dir, name, emulated_suffix, args.method, emulated)
             differing = differing_hypotheses(results, emulated)
             logging.info("%s: integer engine and emulated model give the same hypothesis on %d of %d utterances",
                          name, len(results) - len(differing), len(results))
@@ -97,16 +94,15 @@ def main() -> None:
                                  f"utterances, e.g. {differing[:5]}")
 
 
-def write_results(out_dir: Path, name: str, suffix: str, method: str, results: list[Result]) -> None:
-    """icefall's ``recogs-``, ``errs-`` and ``wer-summary-{name}-{suffix}.txt`` (wav files: recogs,
-    and the hypotheses printed)."""
-    write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
+def report(out_dir: Path, name: str, suffix: str, method: str, results: list[Result]) -> None:
+    """The result files of a test set, its WER logged (wav files: recogs, and the hypotheses
+    printed: they have no references)."""
     if name == "wavs":
+        write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
         for cut_id, _, hyp in sorted(results):
             print(f"{cut_id}\t{' '.join(hyp)}")
         return
-    stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
-    (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{method}\t{stats.wer:.2f}\n")
+    stats = write_results(out_dir, name, suffix, method, results)
     logging.info("%s %s %s: WER %.2f%% (%d/%d)", name, method, suffix, stats.wer, stats.errors, stats.words)
 
 

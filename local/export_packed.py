@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nnaqat.checkpoint import epoch_checkpoints, load_model
+from nnaqat.checkpoint import add_model_arguments, load_model_from_args
 from nnaqat.export import load_packed, save_packed
 from nnaqat.quant import quantize_
 from nnaqat.quant.config import add_post_training_arguments, is_training_only, post_training_config
@@ -21,15 +21,11 @@ from nnaqat.sizes import write_size_summary
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp-dir", type=Path)
-    parser.add_argument("--epoch", type=int)
-    parser.add_argument("--avg", type=int, default=1)
-    parser.add_argument("--checkpoint", type=Path, help="instead of --exp-dir/--epoch/--avg")
+    add_model_arguments(parser)
     add_post_training_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    paths = [args.checkpoint] if args.checkpoint else epoch_checkpoints(args.exp_dir, args.epoch, args.avg)
-    model = load_model(paths)
+    model, _ = load_model_from_args(args)
     if args.quantizer != "none":
         quantize_(model, post_training_config(args)).finalize(model)
     report = save_packed(model, args.out)

@@ -19,7 +19,7 @@ from pathlib import Path
 from lhotse import load_manifest_lazy
 
 from nnaqat.data.features import SAMPLING_RATE
-from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.decode.wer import search_suffix, write_results
 from nnaqat.decode.dataset import named_manifests
 from nnaqat.decode.search import add_search_arguments
 from nnaqat.export.onnx import PRECISIONS, OnnxFiles, read_metadata
@@ -44,10 +44,7 @@ def main() -> None:
     files = OnnxFiles.in_dir(args.onnx_dir, args.precision)
     meta = read_metadata(files.encoder) if files.encoder.is_file() else {}
     suffix = f"{args.precision}-chunk-{meta.get('chunk_frames', meta.get('T', '?'))}"
-    if args.method == "modified_beam_search":
-        suffix += f"-beam-{args.beam_size}"
-    if args.blank_penalty:
-        suffix += f"-blank-penalty-{args.blank_penalty:g}"
+    suffix += search_suffix(args.method, args.beam_size, args.blank_penalty)
     if args.resample == "sherpa":
         suffix += "-sherpa-resample"
     out_dir = args.exp_dir / "sherpa-onnx" / args.method
@@ -59,9 +56,7 @@ def main() -> None:
         )
         references = {c.id: c.supervisions[0].text.split() for c in load_manifest_lazy(manifest)}
         results = [(u.id, references[u.id], u.text.split()) for u in run.utterances]
-        write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
-        stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
-        (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{args.method}\t{stats.wer:.2f}\n")
+        stats = write_results(out_dir, name, suffix, args.method, results)
         figures = {
             "wer": stats.wer, "rtf": run.rtf, "audio_seconds": run.audio_seconds, "model_bytes": files.total_bytes()
         }

@@ -25,7 +25,7 @@ from nnaqat.decode.latency import LatencyStats, stream_latencies, word_end_times
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES, decode_cuts_streaming
 from nnaqat.decode.dataset import named_manifests
 from nnaqat.decode.search import add_search_arguments
-from nnaqat.decode.wer import write_error_stats, write_recogs
+from nnaqat.decode.wer import search_suffix, write_results
 
 
 def get_args() -> argparse.Namespace:
@@ -46,11 +46,7 @@ def main() -> None:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     model, suffix = load_model_from_args(args)
-    suffix += f"-chunk-{args.chunk_frames}"
-    if args.method == "modified_beam_search":
-        suffix += f"-beam-{args.beam_size}"
-    if args.blank_penalty:
-        suffix += f"-blank-penalty-{args.blank_penalty:g}"
+    suffix += f"-chunk-{args.chunk_frames}" + search_suffix(args.method, args.beam_size, args.blank_penalty)
     tokenizer = Tokenizer(args.bpe_model)
     out_dir = args.exp_dir / "streaming" / args.method
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,9 +58,7 @@ def main() -> None:
                                     args.blank_penalty)
         references = {c.id: c.supervisions[0].text.split() for c in cuts}
         results = [(s.id, references[s.id], tokenizer.decode(s.tokens).split()) for s in run.streams]
-        write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
-        stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
-        (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{args.method}\t{stats.wer:.2f}\n")
+        stats = write_results(out_dir, name, suffix, args.method, results)
 
         timing_cuts = load_manifest_lazy(word_times[name]).to_eager() if name in word_times else cuts
         ends = {c.id: e for c in timing_cuts if c.id in references and (e := word_end_times(c)) is not None}

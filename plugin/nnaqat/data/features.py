@@ -8,8 +8,12 @@ from typing import Sequence
 
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+from lhotse.cut import Cut
+from lhotse.utils import compute_num_frames
 
 SAMPLING_RATE = 16000
+FRAME_SHIFT = 0.01  # seconds per feature frame
+FRAME_LENGTH = 0.025  # analysis window of one frame
 NUM_MEL_BINS = 80
 LOW_FREQ = 20.0
 HIGH_FREQ = -400.0  # relative to Nyquist
@@ -20,8 +24,16 @@ LOG_ENERGY_FLOOR = math.log(1.1920928955078125e-07)
 def fbank_extractor() -> Fbank:
     """The recipe's feature extractor (dither 0, no edge snipping, high_freq -400)."""
     return Fbank(
-        FbankConfig(num_mel_bins=NUM_MEL_BINS, dither=0.0, snip_edges=False, low_freq=LOW_FREQ, high_freq=HIGH_FREQ)
+        FbankConfig(
+            num_mel_bins=NUM_MEL_BINS, frame_shift=FRAME_SHIFT, frame_length=FRAME_LENGTH, dither=0.0,
+            snip_edges=False, low_freq=LOW_FREQ, high_freq=HIGH_FREQ,
+        )
     )
+
+
+def num_frames(cut: Cut) -> int:
+    """Feature frames of a cut: its stored features', or those :func:`fbank_extractor` will compute."""
+    return cut.num_frames if cut.has_features else compute_num_frames(cut.duration, FRAME_SHIFT, SAMPLING_RATE)
 
 
 def mel_bin_centers_hz(num_bins: int = NUM_MEL_BINS) -> torch.Tensor:

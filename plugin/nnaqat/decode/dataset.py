@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
@@ -12,7 +12,7 @@ from lhotse.dataset import K2SpeechRecognitionDataset, OnTheFlyFeatures, Precomp
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from nnaqat.data.features import SAMPLING_RATE, fbank_extractor
+from nnaqat.data.features import SAMPLING_RATE, fbank_extractor, num_frames
 from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.search import search
 from nnaqat.decode.wer import Result
@@ -43,6 +43,19 @@ def cuts_from_wavs(paths: Sequence[Path | str]) -> CutSet:
     return CutSet.from_cuts(c.with_id(c.recording_id) for c in cuts).resample(SAMPLING_RATE)
 
 
+def split_too_short(cuts: CutSet, min_frames: int) -> Tuple[CutSet, List[Result]]:
+    """``(the cuts the encoder can take, empty-hypothesis results of the others)``: a cut with
+    fewer than ``min_frames`` feature frames is reported by id and counts as errors instead of
+    vanishing from the WER."""
+    short = [c for c in cuts if num_frames(c) < min_frames]
+    if short:
+        logging.warning("%d utterance(s) too short to decode (< %d frames): %s", len(short), min_frames,
+                        [c.id for c in short])
+    short_ids = {c.id for c in short}
+    kept = cuts.filter(lambda c: c.id not in short_ids).to_eager()
+    return kept, [(c.id, (c.supervisions[0].text or "").split(), []) for c in short]
+
+
 def decode_cuts(
     model: Transducer,
     cuts: CutSet,
@@ -62,15 +75,7 @@ def decode_cuts(
     with_features = all(c.has_features for c in cuts)
     if not with_features:
         cuts = cuts.resample(SAMPLING_RATE)
-    frame_shift = 0.01
-    min_frames = model.encoder.min_input_frames
-    short = [c for c in cuts if round(c.duration / frame_shift) < min_frames]
-    results: List[Result] = [(c.id, c.supervisions[0].text.split(), []) for c in short]
-    if short:
-        logging.warning("%d utterance(s) too short to decode (< %d frames): %s", len(short), min_frames,
-                        [c.id for c in short])
-    short_ids = {c.id for c in short}
-    cuts = cuts.filter(lambda c: c.id not in short_ids).to_eager()
+    cuts, results = split_too_short(cuts, model.encoder.min_input_frames)
     strategy = PrecomputedFeatures() if with_features else OnTheFlyFeatures(fbank_extractor())
     dataset = K2SpeechRecognitionDataset(input_strategy=strategy, return_cuts=True)
     loader = DataLoader(dataset, sampler=SimpleCutSampler(cuts, max_duration=max_duration), batch_size=None)

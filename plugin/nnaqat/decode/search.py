@@ -68,6 +68,7 @@ class GreedySearch:
 
     @torch.no_grad()
     def initial(self) -> GreedyHypothesis:
+        """One empty hypothesis: the predictor's output ``(1, J)`` after a blank, and its state."""
         decoder_out, state = _blank_start(self.model)
         return GreedyHypothesis(decoder_out, state)
 
@@ -137,6 +138,7 @@ class ModifiedBeamSearch:
 
     @torch.no_grad()
     def initial(self) -> Beam:
+        """A beam of one empty hypothesis (score 0, predictor output ``(1, J)`` after a blank)."""
         decoder_out, state = _blank_start(self.model)
         return Beam([()], [()], torch.zeros(1, device=decoder_out.device), decoder_out, state)
 

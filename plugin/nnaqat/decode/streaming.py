@@ -17,13 +17,11 @@ from typing import Any, Iterable, List, NamedTuple, Sequence, Tuple
 import numpy as np
 import torch
 
-from nnaqat.data.features import SAMPLING_RATE, fbank_extractor
+from nnaqat.data.features import FRAME_LENGTH, FRAME_SHIFT, SAMPLING_RATE, fbank_extractor
 from nnaqat.decode.search import make_search
 from nnaqat.models.encoder import LstmState
 from nnaqat.models.transducer import Transducer
 
-FRAME_SHIFT = 0.01  # seconds per input feature frame
-FRAME_LENGTH = 0.025  # analysis window of one feature frame
 DEFAULT_CHUNK_FRAMES = 2  # encoder frames per chunk: 80 ms of audio with 4x frame stacking
 
 
@@ -144,6 +142,7 @@ class StreamingDecoder:
         self.search = make_search(model, method, beam, blank_penalty)
 
     def create_stream(self, stream_id: str) -> Stream:
+        """A new utterance's stream: zero encoder state and an empty hypothesis."""
         h, c = self.model.encoder.initial_state(1)
         device = next(self.model.parameters()).device
         return Stream(stream_id, self.geometry, (h.to(device), c.to(device)), self.search.initial())

@@ -88,12 +88,16 @@ def read_recogs(path: Path | str) -> List[Result]:
         kind, _, words = field_text.partition("=")
         if not sep or kind not in ("ref", "hyp"):
             raise ValueError(f"{path}:{number}: expected 'id:\\tref=[...]' or 'id:\\thyp=[...]', got {line!r}")
+        try:
+            parsed = ast.literal_eval(words)
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"{path}:{number}: unreadable word list {words!r} ({error})") from None
         if kind == "ref":
-            refs[cut_id] = ast.literal_eval(words)
+            refs[cut_id] = parsed
         elif cut_id not in refs:
             raise ValueError(f"{path}:{number}: hypothesis of {cut_id} before its reference")
         else:
-            results.append((cut_id, refs.pop(cut_id), ast.literal_eval(words)))
+            results.append((cut_id, refs.pop(cut_id), parsed))
     if refs:
         raise ValueError(f"{path}: no hypothesis for {sorted(refs)[:5]}")
     return results
@@ -104,8 +108,10 @@ def paired(results: Sequence[Result], others: Sequence[Result]) -> List[Tuple[Re
     cut ids differ or repeat."""
     by_id = {result[0]: result for result in others}
     ids = {result[0] for result in results}
-    if len(by_id) != len(others) or len(ids) != len(results):
-        raise ValueError("an utterance id occurs twice in one decoding")
+    for decoding, unique in ((results, ids), (others, by_id)):
+        if len(unique) != len(decoding):
+            twice = sorted(cut_id for cut_id, count in Counter(r[0] for r in decoding).items() if count > 1)
+            raise ValueError(f"utterance ids occur twice in one decoding: {twice[:5]}")
     if ids != by_id.keys():
         raise ValueError(f"the two decodings cover different utterances, e.g. {sorted(ids ^ by_id.keys())[:5]}")
     return [(result, by_id[result[0]]) for result in sorted(results)]
@@ -170,4 +176,19 @@ def write_error_stats(path: Path | str, test_set_name: str, results: Sequence[Re
         f.writelines(f"{c}   {w}\n" for w, c in stats.deleted.most_common())
         f.write("\nINSERTIONS: count hyp\n")
         f.writelines(f"{c}   {w}\n" for w, c in stats.inserted.most_common())
+    return stats
+
+
+def search_suffix(method: str, beam_size: int, blank_penalty: float) -> str:
+    """What a result file's suffix says of the search: ``-beam-K`` for modified beam search and
+    ``-blank-penalty-P`` when a penalty is set (icefall's naming)."""
+    suffix = f"-beam-{beam_size}" if method == "modified_beam_search" else ""
+    return suffix + (f"-blank-penalty-{blank_penalty:g}" if blank_penalty else "")
+
+
+def write_results(out_dir: Path, name: str, suffix: str, method: str, results: Sequence[Result]) -> ErrorStats:
+    """icefall's ``recogs-``, ``errs-`` and ``wer-summary-{name}-{suffix}.txt`` of one test set."""
+    write_recogs(out_dir / f"recogs-{name}-{suffix}.txt", results)
+    stats = write_error_stats(out_dir / f"errs-{name}-{suffix}.txt", name, results)
+    (out_dir / f"wer-summary-{name}-{suffix}.txt").write_text(f"settings\tWER\n{method}\t{stats.wer:.2f}\n")
     return stats

@@ -12,13 +12,14 @@ import argparse
 import itertools
 import logging
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import List, Optional
 
 import torch
 from lhotse import CutSet, load_manifest_lazy
 
 from nnaqat.data.datamodule import batch_to_tensors, eval_dataloader
 from nnaqat.data.tokenizer import Tokenizer
+from nnaqat.decode.dataset import split_too_short
 from nnaqat.decode.streaming import features_of
 from nnaqat.decode.wer import Result
 from nnaqat.models.transducer import Transducer
@@ -45,7 +46,7 @@ def calibrate_on_cuts(
 
 
 def integer_decode_cuts(
-    model: Transducer, cuts: Iterable, tokenizer: Tokenizer, chunk_frames: Optional[int] = None,
+    model: Transducer, cuts: CutSet, tokenizer: Tokenizer, chunk_frames: Optional[int] = None,
     blank_penalty: float = 0.0,
 ) -> List[Result]:
     """Greedy-search results ``(cut_id, reference words, hypothesis words)`` of the integer
@@ -55,7 +56,7 @@ def integer_decode_cuts(
     engine = IntegerTransducer(export_integer_model(model))
     logit_scale, _ = model.joiner.output_linear.output_observer.scale_and_zero_point()
     penalty_codes = blank_penalty / float(logit_scale)
-    results: List[Result] = []
+    cuts, results = split_too_short(cuts.to_eager(), model.encoder.min_input_frames)
     for cut in cuts:
         with torch.no_grad():
             features = features_of(cut)
@@ -65,10 +66,15 @@ def integer_decode_cuts(
     return results
 
 
-def add_post_training_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+def add_post_training_conversion_arguments(parser: argparse.ArgumentParser, several_specs: bool = False) -> None:
     """``--nna-spec --calibration-cuts --calibration-batches`` and the post-training quantizer
-    flags: how a script turns a trained checkpoint into a post-training integer/quantized model."""
-    parser.add_argument("--nna-spec", type=Path, help="convert an fp32 checkpoint to this NNA after training")
+    flags: how a script turns a trained checkpoint into a post-training integer/quantized model
+    (``several_specs``: ``--nna-spec`` takes a list, for scripts comparing specs)."""
+    if several_specs:
+        parser.add_argument("--nna-spec", type=Path, nargs="*", default=[],
+                            help="convert an fp32 checkpoint under each of these specs")
+    else:
+        parser.add_argument("--nna-spec", type=Path, help="convert an fp32 checkpoint to this NNA after training")
     parser.add_argument("--calibration-cuts", type=Path, help="with --nna-spec: manifest whose first batches calibrate")
     parser.add_argument("--calibration-batches", type=int, default=20)
     add_post_training_arguments(parser)
