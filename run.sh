@@ -257,6 +257,10 @@ if run_stage 7 && [ -n "$quant_runs$nna_runs" ]; then
     decode "$qexp" --epoch "$qat_epochs" --avg "$qat_avg"
     python "$root/local/export_packed.py" --exp-dir "$qexp" --epoch "$qat_epochs" --avg "$qat_avg" \
       --out "$qexp/model.pack" | tee -a "$log_file"
+    if [ "$quantizer" = s8bqat ]; then  # the first LSTM layer's weights against their codebook, before and after
+      python "$root/local/plot_weights.py" --before "$pretrained" --after "$qexp/epoch-$qat_epochs.pt" \
+        --out "$qexp/weights.png" | tee -a "$log_file"
+    fi
   done
   calibration_cuts=$data/fbank/${prefix}_cuts_${train_part}.jsonl.gz
   for run in $nna_runs; do

@@ -70,8 +70,12 @@ def test_quantizer_is_chosen_by_flag(fp32, tiny_data, tmp_path, quantizer):
     run([REPO / "local/train.py", "--train-cuts", tiny_data.train, "--dev-cuts", tiny_data.dev,
          "--bpe-model", tiny_data.bpe_model, "--exp-dir", tmp_path, "--init-checkpoint", fp32 / "pretrained.pt",
          "--num-epochs", 1, "--max-duration", 30, "--lr", 0.001, "--warm-step", 0, "--progress", "false",
-         "--quantizer", quantizer, "--weight-bits", 4])
+         "--quantizer", quantizer, "--weight-bits", 4, *(["--ste-forward", "true"] if quantizer == "s8bqat" else [])])
     state = load_checkpoint(tmp_path / "epoch-1.pt")
+    if quantizer == "s8bqat":  # stage 7's picture: the float weights behind the snapped forward pass
+        out = run([REPO / "local/plot_weights.py", "--before", fp32 / "pretrained.pt", "--after",
+                   tmp_path / "epoch-1.pt", "--out", tmp_path / "weights.png"])
+        assert "wrote" in out.stdout and (tmp_path / "weights.png").stat().st_size > 10_000
     assert state["quant_config"]["quantizer"] == quantizer and state["quant_config"]["weight_bits"] == 4
     pack = tmp_path / "model.pack"
     done = run([REPO / "local/export_packed.py", "--exp-dir", tmp_path, "--epoch", 1, "--out", pack])
