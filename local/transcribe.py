@@ -19,7 +19,7 @@ from nnaqat.data.tokenizer import Tokenizer
 from nnaqat.decode.streaming import DEFAULT_CHUNK_FRAMES
 from nnaqat.decode.wav_stream import stream_wav
 from nnaqat.decode.search import add_search_arguments
-from nnaqat.export.onnx import OnnxFiles
+from nnaqat.export.onnx import PRECISIONS, OnnxFiles
 from nnaqat.export.sherpa import transcribe_with_sherpa
 
 
@@ -30,7 +30,7 @@ def get_args() -> argparse.Namespace:
     model.add_argument("--checkpoint", type=Path, help="a PyTorch checkpoint (.pt, or a .pack side-car)")
     model.add_argument("--onnx-dir", type=Path, help="a sherpa-onnx export (local/export_onnx.py)")
     parser.add_argument("--bpe-model", type=Path, help="with --checkpoint")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="with --onnx-dir")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="with --onnx-dir")
     add_search_arguments(parser)
     parser.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES,
                         help="with --checkpoint (an export has its own)")

@@ -350,6 +350,8 @@ class Trainer:
         return {"dev_pruned_loss": loss / max(utterances, 1.0), "dev_greedy_wer": error_stats(results)[0].wer}
 
     def train_epoch(self, epoch: int) -> None:
+        """Trains one epoch (from where the sampler stands, when resumed), then on rank 0
+        validates and writes ``epoch-N.pt``."""
         config = self.config
         sampler = self.train_dl.sampler
         sampler.set_epoch(epoch)
@@ -396,6 +398,7 @@ class Trainer:
         save_checkpoint(self.exp_dir / f"epoch-{epoch}.pt", self._state(epoch, True))
 
     def run(self) -> None:
+        """Trains the remaining epochs (or until ``stop_after_batches``)."""
         if self.rank == 0 and self.dropped:
             logging.warning("%d training cut(s) dropped as too short", len(self.dropped))
         try:
@@ -403,8 +406,9 @@ class Trainer:
                 self.train_epoch(epoch)
         except _Stop:
             logging.info("stopped after batch %d as asked", self.batch_idx_train)
-        if self.writer is not None:
-            self.writer.close()
+        finally:  # the last events reach the disk even when training fails
+            if self.writer is not None:
+                self.writer.close()
         if self.non_finite:
             logging.warning("%d utterance loss(es) were non-finite and skipped", self.non_finite)
         if self.skipped_steps:

@@ -179,12 +179,6 @@ def eval_dataloader(cuts: CutSet, max_duration: float) -> DataLoader:
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
 
-def batch_texts(batch: dict) -> Tuple[List[str], List[str]]:
-    """``(cut_ids, texts)`` of a K2SpeechRecognitionDataset batch, one supervision per cut."""
-    cuts = batch["supervisions"]["cut"]
-    return [c.id for c in cuts], batch["supervisions"]["text"]
-
-
 class FeatureStatistics(NamedTuple):
     """Per-bin statistics ``(F,)`` of a training set's features."""
 
@@ -234,7 +228,8 @@ def batch_to_tensors(
     supervisions = batch["supervisions"]
     order = supervisions["sequence_idx"]
     if len(order) != x.size(0) or sorted(order.tolist()) != list(range(x.size(0))):
-        raise ValueError("expected exactly one supervision per cut")
+        ids = sorted({cut.id for cut in supervisions["cut"]})
+        raise ValueError(f"expected exactly one supervision per cut in the batch of {ids[:5]}")
     x_lens = torch.zeros(x.size(0), dtype=torch.int64)
     x_lens[order] = supervisions["num_frames"].to(torch.int64)
     cut_ids, texts = [""] * x.size(0), [""] * x.size(0)

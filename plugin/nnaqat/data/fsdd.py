@@ -174,6 +174,8 @@ def compose_connected_digits(
     missing = [s for s in chosen if s not in pools]
     if missing:
         raise ValueError(f"speakers {missing} have no recordings in this split")
+    if not chosen:
+        raise ValueError("no speakers to compose utterances from (no cuts, or an empty speaker list)")
     rng = random.Random(seed)
     composed = []
     for index in range(num_utterances):

@@ -71,6 +71,7 @@ class Tokenizer:
         return self.sp.get_piece_size()
 
     def id_to_piece(self, index: int) -> str:
+        """The sentencepiece of token ``index`` (``<blk>``, ``<sos/eos>``, ``<unk>`` for 0-2)."""
         return self.sp.id_to_piece(index)
 
     def encode(self, text: str, utterance_id: str = "?") -> List[int]:
@@ -93,4 +94,5 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: List[int]) -> str:
+        """Token ids -> text, without the special tokens (0-2) and repeat markers."""
         return " ".join(self.sp.decode([i for i in ids if i > 2]).split())  # a repeat marker leaves a space

@@ -138,7 +138,10 @@ def decode_with_sherpa(
         if done.returncode != 0:
             raise _failure(done.returncode, done.stderr, str(manifest), files)
         records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-        dumped = dict(np.load(f"{out}.npz")) if dump_features else {}
+        dumped = {}
+        if dump_features:
+            with np.load(f"{out}.npz") as arrays:
+                dumped = dict(arrays)
     summary = records.pop()["summary"]
     utterances = [
         SherpaUtterance(r["id"], r["tokens"], r["text"], r["num_chunks"], dumped.get(r["id"])) for r in records

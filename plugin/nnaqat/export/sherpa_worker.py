@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
@@ -67,8 +68,8 @@ def _result_text(recognizer: sherpa_onnx.OnlineRecognizer, stream: sherpa_onnx.O
 
 def decode_manifest(args: argparse.Namespace, recognizer: sherpa_onnx.OnlineRecognizer) -> None:
     symbol_ids = {}  # as sherpa-onnx reports tokens: sentencepiece's word mark shown as a space
-    for line in open(args.tokens, encoding="utf-8"):
-        symbol, index = line.rstrip("\n").rsplit(" ", 1)
+    for line in Path(args.tokens).read_text(encoding="utf-8").splitlines():
+        symbol, index = line.rsplit(" ", 1)
         symbol_ids[symbol.replace("\u2581", " ")] = int(index)
     cuts = iter(load_manifest_lazy(args.cuts))
     active: List[dict] = []

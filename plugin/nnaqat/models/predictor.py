@@ -49,10 +49,12 @@ class TokenHistoryPredictor(nn.Module):
 
     @staticmethod
     def select_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The histories ``(len(index), context_size)`` of the hypotheses ``index (K,)`` picks."""
         return state[index]
 
     @staticmethod
     def concat_states(states: List[torch.Tensor]) -> torch.Tensor:
+        """Histories ``(N_i, context_size)`` stacked into one batch ``(sum N_i, context_size)``."""
         return torch.cat(states, dim=0)
 
 
@@ -157,8 +159,10 @@ class LstmPredictor(nn.Module):
 
     @staticmethod
     def select_state(state: Tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(h, c)``, each ``(layers, N, H)``, of the hypotheses ``index (K,)`` picks: ``(layers, K, H)``."""
         return state[0][:, index], state[1][:, index]
 
     @staticmethod
     def concat_states(states: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """States ``(layers, N_i, H)`` each stacked along the batch: ``(layers, sum N_i, H)``."""
         return torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -129,7 +130,8 @@ class NnaEmbedding(nn.Module):
         return F.embedding(ids, self.table(), padding_idx=self.padding_idx)
 
     @torch.no_grad()
-    def integer_params(self):
+    def integer_params(self) -> np.ndarray:
+        """The table's codes ``(V, D)`` int64, for the integer engine."""
         return self.table().long().numpy()
 
 

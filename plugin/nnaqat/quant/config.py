@@ -7,9 +7,12 @@ import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Tuple
 
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -39,7 +42,7 @@ def is_training_only(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in TRAINING_ONLY)
 
 
-def quantizable_parameters(named_parameters) -> List[str]:
+def quantizable_parameters(named_parameters: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
     """Names of the weight matrices/kernels (2-D or more) of the deployed network."""
     return [name for name, p in named_parameters if p.dim() >= 2 and not is_training_only(name)]
 

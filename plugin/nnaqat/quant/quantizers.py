@@ -10,7 +10,7 @@ export call :meth:`finalize`, after which every quantized weight is exactly
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.utils.parametrize as parametrize
@@ -278,6 +278,7 @@ class S8bqatQuantizer(WeightQuantizer):
         return weight / channel_view(scale.detach(), weight), levels.float()
 
     def mracos_weight(self, step: int) -> float:
+        """λ at training step ``step``: ramped linearly over ``mracos_ramp_batches``, then held."""
         ramp = self.config.mracos_ramp_batches
         return self.config.mracos_weight * (min(1.0, step / ramp) if ramp > 0 else 1.0)
 
@@ -332,7 +333,7 @@ class CodebookSnap(nn.Module):
     ``level - w / scale``, a learned level the gradients of the weights snapped onto it times
     their scale."""
 
-    def __init__(self, codebook) -> None:
+    def __init__(self, codebook: Callable[[], Tuple[torch.Tensor, torch.Tensor]]) -> None:
         super().__init__()
         self.codebook = codebook  # () -> (levels int8 (L,), scale () or (C,)), read at every call
 
