@@ -480,6 +480,20 @@ def test_mracos_gradient_is_finite_with_an_all_zero_channel():
     assert float(embedding.grad[0].abs().max()) == 0 and float(embedding.grad[1:].abs().max()) > 0
 
 
+def test_a_constant_tensor_gets_one_level_and_no_pull():
+    torch.manual_seed(0)
+    model = build_transducer(SMALL_MODEL)
+    with torch.no_grad():
+        model.joiner.output_linear.weight.zero_()
+    quantizer = quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=2, ste_forward=True))
+    assert quantizer.codebook("joiner.output_linear.weight")[0].numel() == 1
+    (model(*batch()).pruned.sum()).backward()
+    assert quantizer.penalty_backward(model, 1) > 0  # the other tensors are still pulled
+    quantizer.finalize(model)
+    quantizer.check_on_codebook(model)
+    assert float(model.joiner.output_linear.weight.abs().max()) == 0
+
+
 def test_weights_off_the_codebook_are_caught():
     model = build_transducer(SMALL_MODEL)
     quantizer = quantize_(model, QuantConfig(quantizer="s8bqat", weight_bits=2))

@@ -293,6 +293,8 @@ class S8bqatQuantizer(WeightQuantizer):
         for name in self.bits:
             latent = self.latent(model, name)
             levels, scale = self.codebook(name)
+            if levels.numel() < 2:  # a constant tensor (one level): nothing to pull towards or between
+                continue
             # mracos_and_grad of latent / scale and its chain rule in one compiled pass. An
             # all-zero channel (the blank's embedding row) has the floor scale: no pull, or its
             # gradient in float units would overflow and the clipped step would zero every other.
