@@ -269,17 +269,21 @@ class Trainer:
         activations into the weights' gradients (0 * NaN)."""
         x, x_lens, y, y_lens, cut_ids, _ = batch_to_tensors(batch, self.tokenizer)
         config = self.config
-        simple, pruned, ctc, distill = losses = self._losses(x, x_lens, y, y_lens)
-        finite = torch.stack([torch.isfinite(term) for term in losses]).all(0)
-        if not bool(finite.all()):
+        losses = self._losses(x, x_lens, y, y_lens)
+        for again in (False, True):
+            finite = torch.stack([torch.isfinite(term) for term in losses]).all(0)
+            if bool(finite.all()):
+                break
             bad = [cut_ids[i] for i in (~finite).nonzero().flatten().tolist()]
             self.non_finite += len(bad)
             logging.warning("non-finite loss for %s (skipped; %d so far)", bad, self.non_finite)
             keep = finite.nonzero().flatten()
-            if keep.numel():
-                x, x_lens, y, y_lens = x[keep], x_lens[keep], y[keep], y_lens[keep]
-                simple, pruned, ctc, distill = losses = self._losses(x, x_lens, y, y_lens, again=True)
-                finite = torch.stack([torch.isfinite(term) for term in losses]).all(0)
+            if again or not keep.numel():  # left masked; a non-finite gradient then skips the step
+                break
+            x, x_lens, y, y_lens = x[keep], x_lens[keep], y[keep], y_lens[keep]
+            cut_ids = [cut_ids[i] for i in keep.tolist()]
+            losses = self._losses(x, x_lens, y, y_lens, again=True)
+        simple, pruned, ctc, distill = losses
         scale = pruned_loss_scale(self.batch_idx_train, config.warm_step)
         num = finite.sum().clamp_min(1)
         simple_mean = torch.where(finite, simple, 0.0).sum() / num
