@@ -134,22 +134,18 @@ def fake_quantize(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int,
     return dequantize(quantize(x, scale, zero_point, bits), scale, zero_point)
 
 
-def exact_linear(
-    x: torch.Tensor, weight: torch.Tensor, weight_max_abs: Optional[float] = None, x_max_abs: Optional[float] = None
-) -> torch.Tensor:
+def exact_linear(x: torch.Tensor, weight: torch.Tensor, x_max_abs: Optional[float] = None) -> torch.Tensor:
     """``x (..., K) @ weight (N, K).T`` for integer-valued tensors, exact, ``(..., N)``: float32
     when that is exact, else float64.
 
     float32 sums are exact only up to 2**24, which an int8 dot product passes once
     ``K * max|x| * max|w| > 2**24`` (K > 1032 at full range). The K axis is then cut into
     chunks whose partial sums stay below 2**24, each multiplied in float32 (fast, exact) and
-    summed in float64 (exact up to 2**53). ``weight_max_abs``, ``x_max_abs``: bounds of
-    ``|weight|`` and ``|x|`` if known (a recurrent layer reuses its weight; codes of ``b`` bits
-    are at most ``2**(b-1)``), else measured.
+    summed in float64 (exact up to 2**53). ``x_max_abs``: a bound of ``|x|`` if known (codes of
+    ``b`` bits are at most ``2**(b-1)``), else measured.
     """
     x32, w32 = x.float(), weight.float()
-    if weight_max_abs is None:
-        weight_max_abs = float(w32.detach().abs().amax())
+    weight_max_abs = float(w32.detach().abs().amax())
     if x_max_abs is None:
         x_max_abs = float(x32.detach().abs().amax()) if x.numel() else 0.0
     largest_term = x_max_abs * weight_max_abs
