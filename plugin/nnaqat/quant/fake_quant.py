@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnaqat.quant.codebook import INT8_MAX
+from nnaqat.quant.codebook import INT8_MAX, int8_scale
 
 
 def straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -73,9 +73,10 @@ class UniformFakeQuant(nn.Module):
         self.bits = bits
 
     def scale(self, weights: torch.Tensor) -> torch.Tensor:
-        w = weights.detach().abs().reshape(weights.size(0), -1)
-        # Binary codebooks use the mean magnitude (the L2-optimal +-a), wider ones the maximum.
-        level = w.mean(dim=1) if self.bits == 1 else w.amax(dim=1)
+        if self.bits > 1:
+            return int8_scale(weights, dim=0)
+        # Binary codebooks use the mean magnitude (the L2-optimal +-a), not the maximum.
+        level = weights.detach().abs().reshape(weights.size(0), -1).mean(dim=1)
         return (level / INT8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
