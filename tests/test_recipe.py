@@ -54,7 +54,7 @@ def test_external_manifests_through_fbank_and_tokens(fsdd_manifests, tmp_path):
 
 def test_loso_tables_average_each_kind_of_model_over_the_speakers(tmp_path):
     """``egs/fsdd/local/run_loso.sh --table-only``: one table per kind of folder (the fp32 model and
-    each stage-7 suffix), each with the mean over the speakers that have it."""
+    each stage-7 suffix), each with the mean over the speakers that have it (or over ``--speakers``)."""
     recipe = tmp_path / "egs/fsdd"
     (recipe / "local").mkdir(parents=True)
     shutil.copy(FSDD_RECIPE / "local/run_loso.sh", recipe / "local")
@@ -75,6 +75,14 @@ def test_loso_tables_average_each_kind_of_model_over_the_speakers(tmp_path):
     tables = done.stdout.split("\nloso-t-SPEAKER")
     assert [t.splitlines()[0] for t in tables[1:]] == [": 3 of 5 speakers", "-aat-int8: 2 of 5 speakers"]
     assert "| mean of 3 | | | | | greedy_search (epoch-1-avg-1) | test | 14.00 |" in tables[1]
+    assert "| mean of 2 | | | | | greedy_search (epoch-1-avg-1) | test | 14.50 |" in tables[2]
+    # --speakers: the tables (and runs) of those speakers only.
+    done = subprocess.run(["bash", str(recipe / "local/run_loso.sh"), "--tag", "t", "--speakers", "george theo",
+                           "--table-only"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = done.stdout.split("\nloso-t-SPEAKER")
+    assert [t.splitlines()[0] for t in tables[1:]] == [": 2 of 2 speakers", "-aat-int8: 2 of 2 speakers"]
+    assert "| mean of 2 | | | | | greedy_search (epoch-1-avg-1) | test | 13.00 |" in tables[1]
     assert "| mean of 2 | | | | | greedy_search (epoch-1-avg-1) | test | 14.50 |" in tables[2]
 
 

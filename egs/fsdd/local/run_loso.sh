@@ -5,18 +5,21 @@
 #   local/run_loso.sh --tag noaug --speed-perturb "" --spec-augment false --gain-db 0
 #   local/run_loso.sh --tag edge0 --stop-stage 7 --quant-runs "" --nna-runs int8
 #   local/run_loso.sh --tag edge0 --table-only      # the tables of runs made before
+#   local/run_loso.sh --tag edge0 --speakers "lucas theo" --stage 7 --stop-stage 7 --quant-runs "" \
+#       --nna-runs harsh+s8bqat:4                  # a stage-7 run for some speakers only
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tag=aug
 train=true
+speakers=(george jackson lucas theo yweweler)  # every FSDD speaker
 while [ $# -gt 0 ]; do
   case $1 in
     --tag) tag=$2; shift 2 ;;
     --table-only) train=false; shift ;;
+    --speakers) read -r -a speakers <<< "$2"; shift 2 ;;
     *) break ;;
   esac
 done
-speakers=(george jackson lucas theo yweweler)
 if $train; then
   for speaker in "${speakers[@]}"; do
     ./run.sh --holdout-speaker "$speaker" --exp-tag "loso-$tag-$speaker" --stop-stage 6 "$@"
