@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,7 @@ from nnaqat.data.fsdd import compose_connected_digits, download_fsdd, prepare_fs
 from nnaqat.checkpoint import load_model
 from nnaqat.data.tokenizer import train_bpe
 from nnaqat.trainer import TrainConfig, train
-from repo_paths import REPO
-
-FSDD_TARBALL = Path(os.environ.get("NNAQAT_FSDD_TARBALL", REPO.parent / "shared/corpora/fsdd/fsdd.tar.gz"))
+from repo_paths import FSDD_TARBALL
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

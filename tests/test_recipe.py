@@ -1,4 +1,5 @@
-"""The stage driver: option parsing and the generic-manifest path through stages 2-4."""
+"""The stage driver: option parsing, the generic-manifest path through stages 2-4, stage 7's NNA runs,
+the result tables and (slow) the FSDD recipe end to end."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from lhotse import RecordingSet, SupervisionSet, load_manifest
 
 from nnaqat.checkpoint import load_model
 from nnaqat.sizes import read_weight_size
-from repo_paths import FSDD_RECIPE, NNA_CONF, REPO
+from repo_paths import FSDD_CONF, FSDD_RECIPE, FSDD_TARBALL, NNA_CONF, REPO
 
 
 def run(args, cwd, **kwargs):
@@ -145,3 +147,60 @@ def test_stage_7_nna_runs_build_checked_integer_models(tiny_data, small_checkpoi
     assert any("(pretrained-blank-penalty-1-integer) | dev |" in row for row in post_training), post_training
     assert any("(epoch-1-avg-1-blank-penalty-1-integer) | dev |" in row for row in rows)
     assert any("(epoch-1-avg-1-blank-penalty-1) | dev |" in row for row in rows)
+
+
+TINY_MODEL_CONFIG = """\
+encoder: lstm
+encoder_kwargs: {hidden_size: 96, num_layers: 1, subsampling_factor: 4, dropout: 0.0, max_freq_hz: 3800, cmn_prior_frames: 50}
+predictor: stateless
+predictor_kwargs: {embedding_dim: 32, context_size: 2}
+joiner: additive
+joiner_dim: 32
+mark_repeats: true
+"""
+
+
+@pytest.mark.slow
+def test_fsdd_recipe_runs_every_stage_end_to_end(tmp_path):
+    """``run.sh --corpus fsdd`` (what ``egs/fsdd/run.sh`` runs) from the corpus archive to the
+    results table, as the main job runs it but on a tiny budget: every stage's script; stage 7 with
+    post-training int8, 2-bit s8bqat and the int8 NNA (post-training and AAT); sherpa-onnx; the
+    table with every model in it. A rerun of stages 0-5 redoes no training."""
+    recipe = tmp_path / "egs/fsdd"
+    recipe.mkdir(parents=True)
+    shutil.copytree(FSDD_RECIPE / "local", recipe / "local")
+    shutil.copytree(FSDD_CONF, recipe / "conf")
+    (recipe / "conf/model-tiny.yaml").write_text(TINY_MODEL_CONFIG)
+    common = ["--corpus", "fsdd", "--local-tarball", str(FSDD_TARBALL), "--parts", "train dev test",
+              "--num-train", "60", "--num-dev", "12", "--num-test", "12", "--speed-perturb", "",
+              "--model-config", "conf/model-tiny.yaml", "--num-epochs", "1", "--avg", "1", "--max-duration", "60",
+              "--quant-runs", "ptq:8 s8bqat:2", "--nna-runs", "int8"]
+    done = run(common, recipe)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    exp = recipe / "exp"
+    for path in ("fp32/epoch-1.pt", "fp32/onnx/encoder.onnx", "fp32/onnx/encoder.int8.onnx", "fp32/wer-vs-bytes.png",
+                 "fp32-ptq-8bit/model.pack", "fp32-s8bqat-2bit/centroids.pt", "fp32-s8bqat-2bit/model.pack",
+                 "fp32-s8bqat-2bit/weights.png", "fp32-s8bqat-2bit/onnx/encoder.int8-qat.onnx",
+                 "fp32-nna-int8/model.nna.npz", "fp32-aat-int8/model.nna.npz"):
+        assert (exp / path).is_file(), path
+    assert read_weight_size(exp / "fp32-s8bqat-2bit/model.size.json").index_bits == 2.0
+    agreed = re.findall(r"(\w+): integer engine and emulated model give the same hypothesis on (\d+) of (\d+)",
+                        done.stdout)
+    assert agreed == [("dev", "12", "12"), ("test", "12", "12")] * 2  # post-training and AAT
+
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| fp32")]
+    listed = {(row[0].strip("| "), row[5].split(" (")[0], row[6]) for row in rows}
+    for part in ("dev", "test"):
+        for experiment, method in (("fp32", "greedy_search"), ("fp32", "modified_beam_search"),
+                                   ("fp32", "sherpa-onnx greedy_search"), ("fp32-ptq-8bit", "greedy_search"),
+                                   ("fp32-s8bqat-2bit", "modified_beam_search"),
+                                   ("fp32-s8bqat-2bit", "sherpa-onnx greedy_search"),
+                                   ("fp32-nna-int8", "greedy_search"), ("fp32-aat-int8", "greedy_search")):
+            assert (experiment, method, part) in listed, (experiment, method, part)
+
+    trained = (exp / "fp32/epoch-1.pt").stat().st_mtime_ns
+    done = run([*common, "--stop-stage", "5"], recipe)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training already done" in done.stderr
+    assert (exp / "fp32/epoch-1.pt").stat().st_mtime_ns == trained
