@@ -14,6 +14,7 @@ from nnaqat.data.fsdd import compose_connected_digits, download_fsdd, prepare_fs
 from nnaqat.checkpoint import load_model
 from nnaqat.data.tokenizer import train_bpe
 from nnaqat.trainer import TrainConfig, train
+from model_configs import shrunk_default_model
 from repo_paths import FSDD_TARBALL
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -60,13 +61,7 @@ def tiny_data(tmp_path_factory, fsdd_manifests) -> TinyData:
 # the recipe's front end (band limit, causal mean normalisation whose state rides in an extra state
 # row), two LSTM layers (states with L > 1), 8x frame stacking, a context-2 stateless predictor,
 # repeat-marked targets.
-SMALL_MODEL = {
-    "encoder_kwargs": {"hidden_size": 96, "num_layers": 2, "subsampling_factor": 8, "dropout": 0.0,
-                       "max_freq_hz": 3800, "cmn_prior_frames": 50},
-    "predictor_kwargs": {"embedding_dim": 32, "context_size": 2},
-    "joiner_dim": 32,
-    "mark_repeats": True,
-}
+SMALL_MODEL = shrunk_default_model(hidden_size=96, num_layers=2, decoder_dim=32, subsampling_factor=8)
 SMALL_EPOCHS = 16
 
 

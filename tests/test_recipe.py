@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from lhotse import RecordingSet, SupervisionSet, load_manifest
 
 from nnaqat.checkpoint import load_model
 from nnaqat.sizes import read_weight_size
+from model_configs import shrunk_default_model
 from repo_paths import FSDD_CONF, FSDD_RECIPE, FSDD_TARBALL, NNA_CONF, REPO
 
 
@@ -149,17 +151,6 @@ def test_stage_7_nna_runs_build_checked_integer_models(tiny_data, small_checkpoi
     assert any("(epoch-1-avg-1-blank-penalty-1) | dev |" in row for row in rows)
 
 
-TINY_MODEL_CONFIG = """\
-encoder: lstm
-encoder_kwargs: {hidden_size: 96, num_layers: 1, subsampling_factor: 4, dropout: 0.0, max_freq_hz: 3800, cmn_prior_frames: 50}
-predictor: stateless
-predictor_kwargs: {embedding_dim: 32, context_size: 2}
-joiner: additive
-joiner_dim: 32
-mark_repeats: true
-"""
-
-
 @pytest.mark.slow
 def test_fsdd_recipe_runs_every_stage_end_to_end(tmp_path):
     """``run.sh --corpus fsdd`` (what ``egs/fsdd/run.sh`` runs) from the corpus archive to the
@@ -170,7 +161,8 @@ def test_fsdd_recipe_runs_every_stage_end_to_end(tmp_path):
     recipe.mkdir(parents=True)
     shutil.copytree(FSDD_RECIPE / "local", recipe / "local")
     shutil.copytree(FSDD_CONF, recipe / "conf")
-    (recipe / "conf/model-tiny.yaml").write_text(TINY_MODEL_CONFIG)
+    (recipe / "conf/model-tiny.yaml").write_text(
+        yaml.safe_dump(shrunk_default_model(hidden_size=96, num_layers=1, decoder_dim=32)))
     common = ["--corpus", "fsdd", "--local-tarball", str(FSDD_TARBALL), "--parts", "train dev test",
               "--num-train", "60", "--num-dev", "12", "--num-test", "12", "--speed-perturb", "",
               "--model-config", "conf/model-tiny.yaml", "--num-epochs", "1", "--avg", "1", "--max-duration", "60",
