@@ -9,6 +9,14 @@ leave-one-speaker-out); each pair is one test set, resampled within itself, and 
 compared is the mean of the sets' WERs, as in the results tables. Prints each set and the mean:
 both WERs, the difference B - A with its confidence interval, and how often B (A) came out
 strictly better over the resamples.
+
+With ``--trainings N`` each system's files come in consecutive groups of N, the decodings of one
+set by N trainings (e.g. seeds) of that system; a system's WER on a set is then the mean over its
+trainings, and the resamples draw trainings too, so the interval covers training noise:
+
+  local/compare_wer.py --trainings 3 \\
+      --a exp/small{,-seed43,-seed44}-lsq-2bit/greedy_search/recogs-test-*.txt \\
+      --b exp/small{,-seed43,-seed44}-s8bqat-2bit/greedy_search/recogs-test-*.txt
 """
 
 import argparse
@@ -16,7 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-from nnaqat.decode.significance import paired_bootstrap
+from nnaqat.decode.significance import bootstrap_over_trainings
 from nnaqat.decode.wer import read_recogs
 
 
@@ -30,6 +38,8 @@ def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", nargs="+", type=Path, required=True, help="recogs-*.txt of system A, one per set")
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="recogs-*.txt of system B, in the same order")
+    parser.add_argument("--trainings", type=int, default=1,
+                        help="files per set and system: decodings of that set by this many trainings of the system")
     parser.add_argument("--names", nargs="*", default=[],
                         help="names of the sets (default: B's experiment folder and test set)")
     parser.add_argument("--resamples", type=int, default=10_000)
@@ -42,14 +52,19 @@ def main() -> None:
     args = get_args()
     if len(args.a) != len(args.b):
         sys.exit(f"error: {len(args.a)} files for A but {len(args.b)} for B: they pair up in order")
-    names = args.names or [set_name(path) for path in args.b]
-    if len(names) != len(args.b):
-        sys.exit(f"error: {len(names)} names for {len(args.b)} sets")
-    sets = [(read_recogs(a), read_recogs(b)) for a, b in zip(args.a, args.b)]
+    if args.trainings < 1 or len(args.b) % args.trainings:
+        sys.exit(f"error: {len(args.b)} files per system do not make sets of --trainings {args.trainings}")
+    n = args.trainings
+    groups_a = [args.a[i:i + n] for i in range(0, len(args.a), n)]
+    groups_b = [args.b[i:i + n] for i in range(0, len(args.b), n)]
+    names = args.names or [set_name(group[0]) for group in groups_b]
+    if len(names) != len(groups_b):
+        sys.exit(f"error: {len(names)} names for {len(groups_b)} sets")
+    sets = [([read_recogs(p) for p in a], [read_recogs(p) for p in b]) for a, b in zip(groups_a, groups_b)]
     options = dict(resamples=args.resamples, confidence=args.confidence, seed=args.seed)
-    rows = [(name, paired_bootstrap([pair], names=[name], **options)) for name, pair in zip(names, sets)]
+    rows = [(name, bootstrap_over_trainings([pair], names=[name], **options)) for name, pair in zip(names, sets)]
     if len(sets) > 1:
-        rows.append(("mean", paired_bootstrap(sets, names=names, **options)))
+        rows.append(("mean", bootstrap_over_trainings(sets, names=names, **options)))
     interval = f"{100 * args.confidence:g} % interval"
     print(f"| set | utterances | WER A | WER B | B - A | {interval} | P(B better) | P(A better) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nnaqat.decode.significance import paired_bootstrap, utterance_errors
+from nnaqat.decode.significance import bootstrap_over_trainings, paired_bootstrap, utterance_errors
 from nnaqat.decode.wer import write_recogs
 from repo_paths import REPO
 
@@ -63,6 +63,36 @@ def test_several_sets_compare_the_mean_of_their_wers():
     assert paired_bootstrap([(A, B), (other_a, other_b)], resamples=2_000, seed=3) == result
 
 
+def three_word_decoding(wrong_every: int, utterances: int = 200):
+    """``utterances`` of "one two three", the last word wrong in every ``wrong_every``-th (0: none)."""
+    return decoding(*[(f"u{n:03d}", "one two three", "one two eight" if wrong_every and n % wrong_every == 0
+                       else "one two three") for n in range(utterances)])
+
+
+def test_trainings_that_disagree_widen_the_interval():
+    # A's two trainings agree (WER 8.33); B's make no errors and twice A's: B's mean equals A's.
+    a_runs = [three_word_decoding(4), three_word_decoding(4)]
+    b_runs = [three_word_decoding(0), three_word_decoding(2)]
+    result = bootstrap_over_trainings([(a_runs, b_runs)], resamples=4_000, seed=5)
+    assert (result.wer_a, result.wer_b) == (pytest.approx(100 * 50 / 600), pytest.approx(100 * 50 / 600))
+    assert result.delta == pytest.approx(0.0) and result.utterances == 200
+    # Drawing B's better training twice (1 in 4) makes B clearly better, its worse one twice clearly
+    # worse, so neither system wins in more than the other quarter's complement.
+    assert result.low < -6 and result.high > 6
+    assert 0.22 < result.prob_b_better < 0.78 and 0.22 < result.prob_a_better < 0.78
+    # Either training of B alone, against A's, is certain of its sign: test-set noise alone is narrow.
+    for b, sign in ((b_runs[0], -1), (b_runs[1], 1)):
+        alone = paired_bootstrap([(a_runs[0], b)], resamples=2_000)
+        assert sign * alone.low > 0 and sign * alone.high > 0
+
+
+def test_trainings_of_one_set_must_decode_the_same_utterances():
+    with pytest.raises(ValueError, match="speaker-x: the two decodings cover different utterances"):
+        bootstrap_over_trainings([([A, A], [B, B[:1]])], names=["speaker-x"])
+    with pytest.raises(ValueError, match="set 1: no decodings for B"):
+        bootstrap_over_trainings([([A], [])])
+
+
 def test_mismatched_decodings_are_named():
     with pytest.raises(ValueError, match="speaker-x: the two decodings cover different utterances"):
         paired_bootstrap([(A, B[:1])], names=["speaker-x"])
@@ -90,3 +120,20 @@ def test_compare_script_prints_each_set_and_the_mean(tmp_path):
     assert rows[4].startswith("| mean | 4 | 33.33 | 33.33 | +0.00 |")
     unpaired = subprocess.run(script + ["--a", files[0], "--b", *files[2:]], capture_output=True, text=True)
     assert unpaired.returncode == 1 and "1 files for A but 2 for B" in unpaired.stderr
+
+
+def test_compare_script_averages_the_trainings_of_each_set(tmp_path):
+    runs = {"a-seed1": A, "a-seed2": A, "b-seed1": B, "b-seed2": A}
+    for name, results in runs.items():
+        (tmp_path / name).mkdir()
+        write_recogs(tmp_path / name / "recogs-test-epoch-1.txt", results)
+    files = {name: str(tmp_path / name / "recogs-test-epoch-1.txt") for name in runs}
+    script = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000", "--trainings", "2"]
+    out = subprocess.run(script + ["--a", files["a-seed1"], files["a-seed2"], "--b", files["b-seed1"], files["b-seed2"]],
+                         check=True, capture_output=True, text=True)
+    rows = out.stdout.splitlines()
+    assert len(rows) == 3  # header, rule, one set: no mean row
+    assert rows[2].startswith(f"| {tmp_path.name} test | 2 | 33.33 | 33.33 | +0.00 |")
+    odd = subprocess.run(script + ["--a", *list(files.values())[:3], "--b", *list(files.values())[:3]],
+                         capture_output=True, text=True)
+    assert odd.returncode == 1 and "3 files per system do not make sets of --trainings 2" in odd.stderr
