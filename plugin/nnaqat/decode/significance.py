@@ -90,7 +90,9 @@ def bootstrap_over_trainings(
     paired) and each system's trainings with replacement, so the interval covers the spread
     between trainings as well as the test set's noise. With one training per system it is
     :func:`paired_bootstrap`. With a handful of trainings the interval is rough: it can only show
-    the spread those few trainings happened to have.
+    the spread those few trainings happened to have. Sets draw their trainings independently, as
+    leave-one-speaker-out's sets (each speaker its own models) need; do not pool sets decoded by
+    the same trainings (e.g. one model's dev and test), whose draws would have to be shared.
 
     Args:
       sets: one ``(A's decodings, B's decodings)`` pair per test set, one decoding per training
