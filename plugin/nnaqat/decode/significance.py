@@ -70,9 +70,9 @@ def training_errors(
     if not a or not b:
         raise ValueError(f"{name or 'a test set'}: no decodings for {'A' if not a else 'B'}")
     reference = a[0]
-    words = utterance_errors(reference, reference, name)[:, 2]
-    errors = [np.stack([utterance_errors(reference, run, name)[:, 1] for run in runs]) for runs in (a, b)]
-    return errors[0], errors[1], words
+    counts = [[utterance_errors(reference, run, name) for run in runs] for runs in (a, b)]
+    errors_a, errors_b = (np.stack([c[:, 1] for c in per_run]) for per_run in counts)
+    return errors_a, errors_b, counts[0][0][:, 2]
 
 
 def bootstrap_over_trainings(
