@@ -17,12 +17,16 @@ trainings, and the resamples draw trainings too, so the interval covers training
   local/compare_wer.py --trainings 3 \\
       --a exp/small{,-seed43,-seed44}-lsq-2bit/greedy_search/recogs-test-*.txt \\
       --b exp/small{,-seed43,-seed44}-s8bqat-2bit/greedy_search/recogs-test-*.txt
+
+Sets trained a different number of times take one count each, in order: ``--trainings 5 4 4``.
 """
 
 import argparse
 import re
 import sys
+from itertools import accumulate
 from pathlib import Path
+from typing import List
 
 from nnaqat.decode.significance import bootstrap_over_trainings
 from nnaqat.decode.wer import read_recogs
@@ -34,12 +38,27 @@ def set_name(recogs: Path) -> str:
     return f"{recogs.parent.parent.name} {match.group(1) if match else recogs.name}"
 
 
+def training_counts(trainings: List[int], files: int) -> List[int]:
+    """Each set's number of files per system from ``--trainings``; exits if they do not add up."""
+    if any(n < 1 for n in trainings):
+        sys.exit(f"error: --trainings {' '.join(map(str, trainings))}: counts must be positive")
+    if len(trainings) == 1:
+        if files % trainings[0]:
+            sys.exit(f"error: {files} files per system do not make sets of --trainings {trainings[0]}")
+        return trainings * (files // trainings[0])
+    if sum(trainings) != files:
+        sys.exit(f"error: --trainings {' '.join(map(str, trainings))} adds up to {sum(trainings)}, "
+                 f"not the {files} files per system")
+    return list(trainings)
+
+
 def get_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", nargs="+", type=Path, required=True, help="recogs-*.txt of system A, one per set")
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="recogs-*.txt of system B, in the same order")
-    parser.add_argument("--trainings", type=int, default=1,
-                        help="files per set and system: decodings of that set by this many trainings of the system")
+    parser.add_argument("--trainings", type=int, nargs="+", default=[1],
+                        help="files per set and system: decodings of that set by this many trainings of the "
+                        "system; one count for every set, or one per set in order")
     parser.add_argument("--names", nargs="*", default=[],
                         help="names of the sets (default: B's experiment folder and test set)")
     parser.add_argument("--resamples", type=int, default=10_000)
@@ -52,11 +71,9 @@ def main() -> None:
     args = get_args()
     if len(args.a) != len(args.b):
         sys.exit(f"error: {len(args.a)} files for A but {len(args.b)} for B: they pair up in order")
-    if args.trainings < 1 or len(args.b) % args.trainings:
-        sys.exit(f"error: {len(args.b)} files per system do not make sets of --trainings {args.trainings}")
-    n = args.trainings
-    groups_a = [args.a[i:i + n] for i in range(0, len(args.a), n)]
-    groups_b = [args.b[i:i + n] for i in range(0, len(args.b), n)]
+    bounds = list(accumulate(training_counts(args.trainings, len(args.b)), initial=0))
+    groups_a = [args.a[start:end] for start, end in zip(bounds, bounds[1:])]
+    groups_b = [args.b[start:end] for start, end in zip(bounds, bounds[1:])]
     names = args.names or [set_name(group[0]) for group in groups_b]
     if len(names) != len(groups_b):
         sys.exit(f"error: {len(names)} names for {len(groups_b)} sets")

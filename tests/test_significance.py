@@ -137,3 +137,23 @@ def test_compare_script_averages_the_trainings_of_each_set(tmp_path):
     odd = subprocess.run(script + ["--a", *list(files.values())[:3], "--b", *list(files.values())[:3]],
                          capture_output=True, text=True)
     assert odd.returncode == 1 and "3 files per system do not make sets of --trainings 2" in odd.stderr
+
+
+def test_compare_script_takes_one_training_count_per_set(tmp_path):
+    # Set 1: two trainings per system (A's WER 33.33, B's 33.33); set 2: one each (A 33.33, B 0).
+    perfect = decoding(("u1", "one two", "one two"), ("u2", "five", "five"))
+    runs = {"s1-a1": A, "s1-a2": A, "s2-a": A, "s1-b1": B, "s1-b2": A, "s2-b": perfect}
+    for name, results in runs.items():
+        (tmp_path / name).mkdir()
+        write_recogs(tmp_path / name / "recogs-test-epoch-1.txt", results)
+    files = [str(tmp_path / name / "recogs-test-epoch-1.txt") for name in runs]
+    script = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000", "--trainings", "2", "1"]
+    out = subprocess.run(script + ["--names", "set-1", "set-2", "--a", *files[:3], "--b", *files[3:]],
+                         check=True, capture_output=True, text=True)
+    rows = out.stdout.splitlines()
+    assert rows[2].startswith("| set-1 | 2 | 33.33 | 33.33 | +0.00 |")
+    assert rows[3].startswith("| set-2 | 2 | 33.33 | 0.00 | -33.33 |")
+    assert rows[4].startswith("| mean | 4 | 33.33 | 16.67 | -16.67 |")
+    short = subprocess.run(script[:-2] + ["2", "2", "--a", *files[:3], "--b", *files[3:]],
+                           capture_output=True, text=True)
+    assert short.returncode == 1 and "--trainings 2 2 adds up to 4, not the 3 files per system" in short.stderr
