@@ -106,29 +106,35 @@ def test_mismatched_decodings_are_named():
         paired_bootstrap([])
 
 
+COMPARE = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000"]
+
+
+def write_decodings(folder, runs):
+    """Writes each named decoding as ``folder/NAME/recogs-test-epoch-1.txt``; returns the paths by name."""
+    paths = {}
+    for name, results in runs.items():
+        path = folder / name / "recogs-test-epoch-1.txt"
+        path.parent.mkdir()
+        write_recogs(path, results)
+        paths[name] = str(path)
+    return paths
+
+
 def test_compare_script_prints_each_set_and_the_mean(tmp_path):
-    for name, results in {"a1": A, "b1": B, "a2": A, "b2": A}.items():
-        (tmp_path / name).mkdir()
-        write_recogs(tmp_path / name / "recogs-test-epoch-1.txt", results)
-    script = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000"]
-    files = [str(tmp_path / f"{d}/recogs-test-epoch-1.txt") for d in ("a1", "a2", "b1", "b2")]
-    out = subprocess.run(script + ["--a", *files[:2], "--b", *files[2:]], check=True, capture_output=True, text=True)
+    files = list(write_decodings(tmp_path, {"a1": A, "a2": A, "b1": B, "b2": A}).values())
+    out = subprocess.run(COMPARE + ["--a", *files[:2], "--b", *files[2:]], check=True, capture_output=True, text=True)
     rows = out.stdout.splitlines()
     assert rows[0].startswith("| set | utterances | WER A | WER B | B - A | 95 % interval |")
     assert rows[2].startswith(f"| {tmp_path.name} test | 2 | 33.33 | 33.33 | +0.00 |")
     assert rows[3].startswith(f"| {tmp_path.name} test | 2 | 33.33 | 33.33 | +0.00 | [+0.00, +0.00] | 0.000 | 0.000 |")
     assert rows[4].startswith("| mean | 4 | 33.33 | 33.33 | +0.00 |")
-    unpaired = subprocess.run(script + ["--a", files[0], "--b", *files[2:]], capture_output=True, text=True)
+    unpaired = subprocess.run(COMPARE + ["--a", files[0], "--b", *files[2:]], capture_output=True, text=True)
     assert unpaired.returncode == 1 and "1 files for A but 2 for B" in unpaired.stderr
 
 
 def test_compare_script_averages_the_trainings_of_each_set(tmp_path):
-    runs = {"a-seed1": A, "a-seed2": A, "b-seed1": B, "b-seed2": A}
-    for name, results in runs.items():
-        (tmp_path / name).mkdir()
-        write_recogs(tmp_path / name / "recogs-test-epoch-1.txt", results)
-    files = {name: str(tmp_path / name / "recogs-test-epoch-1.txt") for name in runs}
-    script = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000", "--trainings", "2"]
+    files = write_decodings(tmp_path, {"a-seed1": A, "a-seed2": A, "b-seed1": B, "b-seed2": A})
+    script = COMPARE + ["--trainings", "2"]
     out = subprocess.run(script + ["--a", files["a-seed1"], files["a-seed2"], "--b", files["b-seed1"], files["b-seed2"]],
                          check=True, capture_output=True, text=True)
     rows = out.stdout.splitlines()
@@ -143,11 +149,8 @@ def test_compare_script_takes_one_training_count_per_set(tmp_path):
     # Set 1: two trainings per system (A's WER 33.33, B's 33.33); set 2: one each (A 33.33, B 0).
     perfect = decoding(("u1", "one two", "one two"), ("u2", "five", "five"))
     runs = {"s1-a1": A, "s1-a2": A, "s2-a": A, "s1-b1": B, "s1-b2": A, "s2-b": perfect}
-    for name, results in runs.items():
-        (tmp_path / name).mkdir()
-        write_recogs(tmp_path / name / "recogs-test-epoch-1.txt", results)
-    files = [str(tmp_path / name / "recogs-test-epoch-1.txt") for name in runs]
-    script = [sys.executable, str(REPO / "local/compare_wer.py"), "--resamples", "1000", "--trainings", "2", "1"]
+    files = list(write_decodings(tmp_path, runs).values())
+    script = COMPARE + ["--trainings", "2", "1"]
     out = subprocess.run(script + ["--names", "set-1", "set-2", "--a", *files[:3], "--b", *files[3:]],
                          check=True, capture_output=True, text=True)
     rows = out.stdout.splitlines()
